@@ -1,0 +1,161 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong when running work in another process.
+///
+/// Each variant says what happened in terms of the child: it panicked, was killed by a
+/// signal, exited with a failure code, took too long, or went away.
+///
+/// ```
+/// use multiprocess::Error;
+///
+/// fn describe(err: &Error) -> &'static str {
+///     match err {
+///         Error::Panicked { .. } => "the child panicked",
+///         Error::Signaled { .. } => "the child was killed by a signal",
+///         Error::Exited { .. } => "the child exited with a failure code",
+///         Error::Timeout { .. } => "the child took too long",
+///         Error::Disconnected => "the other side went away",
+///         _ => "something else",
+///     }
+/// }
+/// assert_eq!(describe(&Error::Disconnected), "the other side went away");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The child panicked; `message` is its panic message.
+    #[error("child panicked: {message}{}", location_suffix(.location))]
+    Panicked {
+        /// The panic payload, if it was a string.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The child was terminated by a signal before it produced a result.
+    #[error("child killed by signal {} ({}){}", .signal, signal_name(*.signal), if *.core_dumped { ", core dumped" } else { "" })]
+    Signaled {
+        /// The signal number, e.g. `libc::SIGKILL` (9).
+        signal: i32,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+    /// The child exited with `code` before producing a result (a function child that
+    /// calls `std::process::exit(0)` reports code 0 here), or an external program
+    /// exited non-zero.
+    #[error("child exited with code {code} without a result")]
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// A wait ran out of time. For [`Process::join_timeout`](crate::Process::join_timeout)
+    /// the child keeps running and the handle can be awaited again.
+    #[error("timed out after {after:?}")]
+    Timeout {
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The other end of a connection is closed.
+    #[error("the other side disconnected")]
+    Disconnected,
+    /// A frame's announced length exceeds the connection's maximum. Checked before any
+    /// allocation; the connection cannot be read further.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A value could not be serialized.
+    #[error("failed to encode a message: {0}")]
+    Encode(String),
+    /// A well-framed payload could not be deserialized into the expected type. The
+    /// connection stays usable: the next frame can still be read.
+    #[error("failed to decode a message: {0}")]
+    Decode(String),
+    /// The byte stream broke the framing rules (garbage header, truncated frame, missing
+    /// descriptors). The connection cannot be read further.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The child could not start running the requested function (for example it is a
+    /// different build of the program).
+    #[error("child failed to start: {0}")]
+    Bootstrap(String),
+    /// The process could not be spawned.
+    #[error("failed to spawn `{program}`: {source}")]
+    Spawn {
+        /// What was being started.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The result of this process was already taken by an earlier `join`.
+    #[error("the process result was already taken")]
+    AlreadyJoined,
+    /// Another I/O error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// `Result<T, multiprocess::Error>`.
+///
+/// ```
+/// fn parse(s: &str) -> multiprocess::Result<u32> {
+///     s.parse().map_err(|e| multiprocess::Error::Decode(format!("{e}")))
+/// }
+/// assert!(parse("7").is_ok());
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn location_suffix(location: &Option<String>) -> String {
+    location
+        .as_ref()
+        .map(|l| format!(" at {l}"))
+        .unwrap_or_default()
+}
+
+/// The conventional name of a signal number, for messages.
+pub(crate) fn signal_name(signal: i32) -> SignalName {
+    SignalName(signal)
+}
+
+pub(crate) struct SignalName(i32);
+
+impl fmt::Display for SignalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match nix::sys::signal::Signal::try_from(self.0) {
+            Ok(sig) => f.write_str(sig.as_str()),
+            Err(_) => write!(f, "SIGRT{}", self.0 - libc::SIGRTMIN()),
+        }
+    }
+}
+
+impl Error {
+    /// Maps a non-success exit status to the error that describes it.
+    pub(crate) fn from_exit_status(status: std::process::ExitStatus) -> Error {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Error::Exited { code },
+            (None, Some(signal)) => Error::Signaled {
+                signal,
+                core_dumped: status.core_dumped(),
+            },
+            (None, None) => Error::Exited { code: -1 },
+        }
+    }
+
+    /// Whether this error means the peer is gone (EOF, reset, broken pipe).
+    pub(crate) fn from_io(err: io::Error) -> Error {
+        match err.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof => Error::Disconnected,
+            _ => Error::Io(err),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Awaiting a child's exit without a thread per child and without polling.
+//!
+//! Two backends, chosen once per process:
+//! - **pidfd** (Linux 5.3+): each child's pidfd is registered with tokio's reactor; when it
+//!   turns readable, `waitid(P_PIDFD)` collects the status.
+//! - **SIGCHLD**: one `tokio::signal` stream drives a non-blocking `waitpid` over the
+//!   children we registered (never `waitpid(-1)`, so other people's children are left
+//!   alone).
+//!
+//! Setting `MULTIPROCESS_REAPER=sigchld` (or `pidfd`) forces a backend, which is how the
+//! test suite runs against both.
+//!
+//! A child whose handle is dropped before it was reaped is not forgotten: a background
+//! task (or, without a runtime, the next spawn) reaps it, so no zombie is left behind.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use futures::task::AtomicWaker;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::sys;
+
+/// How this process awaits the exit of its children.
+///
+/// ```
+/// let reaper = multiprocess::reaper();
+/// println!("children are awaited with {reaper:?}");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaper {
+    /// A pidfd per child, made readable in tokio's reactor when the child exits.
+    Pidfd,
+    /// One `SIGCHLD` stream driving `waitpid` on our own children.
+    Sigchld,
+}
+
+/// The exit backend in use, probed once: pidfd where the kernel has it, unless the
+/// `MULTIPROCESS_REAPER` environment variable says `sigchld` (or `pidfd`).
+///
+/// ```
+/// use multiprocess::Reaper;
+/// assert!(matches!(multiprocess::reaper(), Reaper::Pidfd | Reaper::Sigchld));
+/// ```
+pub fn reaper() -> Reaper {
+    static CHOICE: OnceLock<Reaper> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let forced = std::env::var("MULTIPROCESS_REAPER").ok();
+        match forced.as_deref() {
+            Some("sigchld") => Reaper::Sigchld,
+            Some("pidfd") | None | Some(_) if sys::pidfd_supported() => Reaper::Pidfd,
+            _ => Reaper::Sigchld,
+        }
+    })
+}
+
+/// Watches one child of ours until it has been reaped.
+pub(crate) struct ExitWatch {
+    pid: u32,
+    status: Option<ExitStatus>,
+    kind: Option<Kind>,
+}
+
+enum Kind {
+    Pidfd(Pidfd),
+    Sigchld(Arc<Slot>),
+}
+
+/// A pidfd, registered with the reactor the first time it is awaited (so a process can
+/// be spawned outside a runtime and awaited inside one).
+struct Pidfd {
+    raw: Option<OwnedFd>,
+    registered: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Pidfd {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match (&self.registered, &self.raw) {
+            (Some(afd), _) => afd.get_ref().as_fd(),
+            (None, Some(fd)) => fd.as_fd(),
+            (None, None) => unreachable!("a pidfd is always held one way or the other"),
+        }
+    }
+
+    fn registered(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
+        if self.registered.is_none() {
+            let fd = self.raw.take().expect("unregistered pidfd");
+            // SAFETY: the `AsyncFd` owns the pidfd, which therefore stays open and the same
+            // descriptor for as long as the registration exists.
+            match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                Ok(afd) => self.registered = Some(afd),
+                Err(err) => {
+                    let (fd, err) = err.into_parts();
+                    self.raw = Some(fd);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(self.registered.as_ref().expect("just registered"))
+    }
+}
+
+impl ExitWatch {
+    /// Starts watching `pid`, which must be an unreaped child of this process.
+    pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
+        let kind = match reaper() {
+            Reaper::Pidfd => Kind::Pidfd(Pidfd {
+                raw: Some(sys::pidfd_open(pid)?),
+                registered: None,
+            }),
+            Reaper::Sigchld => Kind::Sigchld(registry().register(pid)),
+        };
+        Ok(ExitWatch {
+            pid,
+            status: None,
+            kind: Some(kind),
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status, if the child has been reaped already.
+    pub(crate) fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Reaps the child if it has exited, without waiting.
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = match self.kind.as_ref().expect("watch in use") {
+                Kind::Pidfd(pidfd) => sys::waitid_pidfd(pidfd.fd())?,
+                Kind::Sigchld(slot) => slot.try_reap(self.pid)?,
+            };
+        }
+        Ok(self.status)
+    }
+
+    /// Polls for the child's exit.
+    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<ExitStatus>> {
+        if let Some(status) = self.try_wait()? {
+            return Poll::Ready(Ok(status));
+        }
+        match self.kind.as_mut().expect("watch in use") {
+            Kind::Pidfd(pidfd) => loop {
+                let afd = pidfd.registered()?;
+                let mut guard = ready!(afd.poll_read_ready(cx))?;
+                match sys::waitid_pidfd(afd.get_ref().as_fd())? {
+                    Some(status) => {
+                        self.status = Some(status);
+                        return Poll::Ready(Ok(status));
+                    }
+                    None => guard.clear_ready(),
+                }
+            },
+            Kind::Sigchld(slot) => {
+                slot.waker.register(cx.waker());
+                registry().ensure_driver()?;
+                match slot.try_reap(self.pid)? {
+                    Some(status) => {
+                        self.status = Some(status);
+                        Poll::Ready(Ok(status))
+                    }
+                    None => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// Waits for the child's exit.
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        futures::future::poll_fn(|cx| self.poll_wait(cx)).await
+    }
+
+    /// Sends `signal` unless the child has been reaped already (then it is a no-op).
+    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        let result = match self.kind.as_ref().expect("watch in use") {
+            Kind::Pidfd(pidfd) => sys::pidfd_send_signal(pidfd.fd(), signal),
+            Kind::Sigchld(slot) => slot.signal(self.pid, signal),
+        };
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        let Some(kind) = self.kind.take() else { return };
+        if self.status.is_some() {
+            if let Kind::Sigchld(_) = kind {
+                registry().forget(self.pid);
+            }
+            return;
+        }
+        let orphan = ExitWatch {
+            pid: self.pid,
+            status: None,
+            kind: Some(kind),
+        };
+        adopt_orphan(orphan);
+    }
+}
+
+/// Takes over a child nobody waits for any more and makes sure it is reaped.
+fn adopt_orphan(mut orphan: ExitWatch) {
+    if let Ok(Some(_)) | Err(_) = orphan.try_wait() {
+        return;
+    }
+    if let Some(Kind::Sigchld(slot)) = &orphan.kind {
+        // The SIGCHLD driver reaps orphans on its sweeps.
+        slot.orphan.store(true, Ordering::Release);
+        orphan.kind = None;
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = orphan.wait().await;
+            });
+        }
+        Err(_) => orphans().lock().unwrap_or_else(|p| p.into_inner()).push(orphan),
+    }
+}
+
+fn orphans() -> &'static Mutex<Vec<ExitWatch>> {
+    static ORPHANS: Mutex<Vec<ExitWatch>> = Mutex::new(Vec::new());
+    &ORPHANS
+}
+
+/// Reaps orphans that have exited since they were adopted. Called on every spawn, so
+/// orphans left outside a runtime never accumulate.
+pub(crate) fn reap_orphans() {
+    let finished: Vec<ExitWatch> = {
+        let mut list = orphans().lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = Vec::with_capacity(list.len());
+        let mut done = Vec::new();
+        for mut watch in list.drain(..) {
+            match watch.try_wait() {
+                Ok(None) => kept.push(watch),
+                _ => done.push(watch),
+            }
+        }
+        *list = kept;
+        done
+    };
+    drop(finished);
+    if reaper() == Reaper::Sigchld {
+        registry().sweep();
+    }
+}
+
+// ---- SIGCHLD backend ----
+
+struct Slot {
+    status: Mutex<Option<ExitStatus>>,
+    waker: AtomicWaker,
+    orphan: AtomicBool,
+}
+
+impl Slot {
+    /// Reaping and signalling both hold the status lock, so a pid is never signalled
+    /// after it was reaped (and possibly recycled).
+    fn try_reap(&self, pid: u32) -> io::Result<Option<ExitStatus>> {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.is_none() {
+            *status = sys::waitpid_nohang(pid)?;
+        }
+        Ok(*status)
+    }
+
+    fn signal(&self, pid: u32, signal: i32) -> io::Result<()> {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.is_some() {
+            return Ok(());
+        }
+        sys::kill(pid, signal)
+    }
+}
+
+struct Registry {
+    children: Mutex<HashMap<u32, Arc<Slot>>>,
+    driver_alive: AtomicBool,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry {
+        children: Mutex::new(HashMap::new()),
+        driver_alive: AtomicBool::new(false),
+    })
+}
+
+impl Registry {
+    fn register(&self, pid: u32) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            status: Mutex::new(None),
+            waker: AtomicWaker::new(),
+            orphan: AtomicBool::new(false),
+        });
+        self.lock().insert(pid, slot.clone());
+        slot
+    }
+
+    fn forget(&self, pid: u32) {
+        self.lock().remove(&pid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Slot>>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One pass of `waitpid(pid, WNOHANG)` over our children; wakes those that exited
+    /// and drops orphans once reaped.
+    fn sweep(&self) {
+        let slots: Vec<(u32, Arc<Slot>)> =
+            self.lock().iter().map(|(p, s)| (*p, s.clone())).collect();
+        let mut reaped_orphans = Vec::new();
+        for (pid, slot) in slots {
+            let exited = !matches!(slot.try_reap(pid), Ok(None));
+            if exited {
+                slot.waker.wake();
+                if slot.orphan.load(Ordering::Acquire) {
+                    reaped_orphans.push(pid);
+                }
+            }
+        }
+        if !reaped_orphans.is_empty() {
+            let mut children = self.lock();
+            for pid in reaped_orphans {
+                children.remove(&pid);
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for slot in self.lock().values() {
+            slot.waker.wake();
+        }
+    }
+
+    /// Makes sure a driver task runs on some live runtime. A driver dies with its
+    /// runtime; its guard then wakes every waiter so that one of them starts a new one.
+    fn ensure_driver(&'static self) -> io::Result<()> {
+        if self.driver_alive.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle,
+            Err(_) => {
+                self.driver_alive.store(false, Ordering::Release);
+                return Err(io::Error::other("awaiting a child requires a tokio runtime"));
+            }
+        };
+        let signals = {
+            let _enter = handle.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        };
+        let mut signals = match signals {
+            Ok(signals) => signals,
+            Err(e) => {
+                self.driver_alive.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let guard = DriverGuard(self);
+        handle.spawn(async move {
+            let _guard = guard;
+            loop {
+                // The stream exists before this sweep, so no exit can slip between them.
+                registry().sweep();
+                if signals.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+struct DriverGuard(&'static Registry);
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        self.0.driver_alive.store(false, Ordering::Release);
+        self.0.wake_all();
+    }
+}

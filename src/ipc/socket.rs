@@ -1,0 +1,456 @@
+//! A non-blocking Unix stream socket split into a framed reader and a framed writer.
+//!
+//! Both halves work asynchronously (readiness from tokio's reactor, registered lazily on
+//! first use) and blocking (`poll(2)`, for children that run no runtime). We do our own
+//! framing instead of `tokio_util::codec` because descriptors must travel with the bytes
+//! of their frame, which needs `sendmsg`/`recvmsg`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::unix::AsyncFd;
+
+use super::wire::{self, HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// The smallest read we issue, so that many small frames arrive in one syscall.
+const READ_CHUNK: usize = 64 << 10;
+/// Receive buffers larger than this are released once drained.
+const KEEP_BUFFER: usize = 4 << 20;
+/// Descriptors that may wait for their frame; a peer sending more is misbehaving.
+const MAX_QUEUED_FDS: usize = 4 * sys::MAX_FDS_PER_MESSAGE;
+/// `Sink::poll_ready` flushes once this much is buffered.
+pub(crate) const WRITE_HIGH_WATER: usize = 256 << 10;
+
+struct Raw(RawFd);
+
+impl AsRawFd for Raw {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The socket both halves share; registered with the reactor on first async use.
+pub(crate) struct SocketFd {
+    // Declared before `fd` so it deregisters before the descriptor closes.
+    registration: OnceLock<AsyncFd<Raw>>,
+    registering: Mutex<()>,
+    fd: OwnedFd,
+}
+
+impl SocketFd {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<SocketFd>> {
+        sys::set_nonblocking(fd.as_fd(), true)?;
+        Ok(Arc::new(SocketFd {
+            registration: OnceLock::new(),
+            registering: Mutex::new(()),
+            fd,
+        }))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn registration(&self) -> io::Result<&AsyncFd<Raw>> {
+        if let Some(reg) = self.registration.get() {
+            return Ok(reg);
+        }
+        let _lock = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reg) = self.registration.get() {
+            return Ok(reg);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other(
+                "async I/O outside a tokio runtime; use the *_blocking methods instead",
+            ));
+        }
+        let raw = Raw(self.fd.as_raw_fd());
+        // SAFETY: `self.fd` owns the descriptor and is dropped only after the
+        // registration (field order), so it stays open and the same while registered.
+        let reg = unsafe { AsyncFd::register(raw) }.map_err(|e| e.into_parts().1)?;
+        Ok(self.registration.get_or_init(|| reg))
+    }
+}
+
+enum ReadState {
+    Open,
+    /// The peer closed its end.
+    Eof,
+    /// A framing error was reported; nothing more will be read.
+    Broken,
+}
+
+/// Reads whole frames, with their descriptors.
+pub(crate) struct ReadHalf {
+    sock: Arc<SocketFd>,
+    // Always fully initialised; unread bytes are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    max_frame_len: usize,
+    state: ReadState,
+}
+
+impl ReadHalf {
+    pub(crate) fn new(sock: Arc<SocketFd>) -> ReadHalf {
+        ReadHalf {
+            sock,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+            state: ReadState::Open,
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Arc<SocketFd> {
+        &self.sock
+    }
+
+    pub(crate) fn set_max_frame_len(&mut self, max: usize) {
+        self.max_frame_len = max;
+    }
+
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start || !self.fds.is_empty()
+    }
+
+    /// Decodes the next frame if it is complete in the buffer. A framing error breaks
+    /// the half; a payload that fails to decode only costs that frame.
+    fn next_buffered<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return None;
+        }
+        let header = match wire::read_header(&self.buf[self.start..self.end], self.max_frame_len) {
+            Ok(header) => header,
+            Err(err) => return Some(self.fail(err)),
+        };
+        if available < HEADER_LEN + header.len {
+            return None;
+        }
+        if self.fds.len() < header.n_fds {
+            let msg = format!(
+                "frame announces {} descriptors but {} arrived",
+                header.n_fds,
+                self.fds.len()
+            );
+            return Some(self.fail(Error::Protocol(msg)));
+        }
+        let fds = self.fds.drain(..header.n_fds).collect();
+        let payload = self.start + HEADER_LEN..self.start + HEADER_LEN + header.len;
+        let value = wire::decode_payload(&self.buf[payload.clone()], fds);
+        self.consume(payload.end);
+        Some(value)
+    }
+
+    fn consume(&mut self, upto: usize) {
+        self.start = upto;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    fn fail<T>(&mut self, err: Error) -> Result<T> {
+        self.state = ReadState::Broken;
+        self.start = 0;
+        self.end = 0;
+        self.fds.clear();
+        Err(err)
+    }
+
+    /// What the stream yields once the peer has closed, given what is left unread.
+    fn at_eof<T>(&mut self) -> Option<Result<T>> {
+        match self.state {
+            ReadState::Broken => None,
+            _ if self.end > self.start => {
+                let msg = format!(
+                    "peer closed the connection in the middle of a frame ({} bytes pending)",
+                    self.end - self.start
+                );
+                Some(self.fail(Error::Protocol(msg)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Makes room for at least the rest of the current frame (or a chunk) after `end`.
+    fn reserve_for_next_read(&mut self) {
+        let available = self.end - self.start;
+        let frame_total = if available >= HEADER_LEN {
+            // The header was validated by `next_buffered`, so the length is bounded.
+            let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap());
+            HEADER_LEN + len as usize
+        } else {
+            HEADER_LEN
+        };
+        let want = frame_total.saturating_sub(available).max(READ_CHUNK);
+        if self.buf.len() - self.end >= want {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+    }
+
+    fn read_once_with_fds(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
+        self.reserve_for_next_read();
+        let mut fds = Vec::new();
+        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], &mut fds) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return self.fail(Error::Protocol(e.to_string()));
+            }
+            Err(e) => return Err(Error::Io(e)),
+        };
+        self.end += got;
+        self.fds.extend(fds);
+        if self.fds.len() > MAX_QUEUED_FDS {
+            return self.fail(Error::Protocol("peer sent descriptors without frames".into()));
+        }
+        if got == 0 {
+            self.state = ReadState::Eof;
+        }
+        Ok(got > 0)
+    }
+
+    /// Polls for the next frame. `Ready(None)` once the peer closed cleanly or after a
+    /// framing error has been reported.
+    pub(crate) fn poll_recv<T: DeserializeOwned>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<T>>> {
+        loop {
+            if let Some(item) = self.next_buffered() {
+                return Poll::Ready(Some(item));
+            }
+            if !matches!(self.state, ReadState::Open) {
+                return Poll::Ready(self.at_eof());
+            }
+            let sock = self.sock.clone();
+            let reg = match sock.registration() {
+                Ok(reg) => reg,
+                Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+            };
+            let mut guard = match ready!(reg.poll_read_ready(cx)) {
+                Ok(guard) => guard,
+                Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+            };
+            match self.read_once_with_fds(sock.fd()) {
+                Ok(_) => {}
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+
+    /// Blocks the calling thread for the next frame; `None` as for [`poll_recv`].
+    /// `timeout_ms` of -1 waits forever; on timeout returns `Err(Timeout)`.
+    pub(crate) fn recv_blocking<T: DeserializeOwned>(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> Option<Result<T>> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if let Some(item) = self.next_buffered() {
+                return Some(item);
+            }
+            if !matches!(self.state, ReadState::Open) {
+                return self.at_eof();
+            }
+            let sock = self.sock.clone();
+            match self.read_once_with_fds(sock.fd()) {
+                Ok(_) => continue,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if let Err(e) = wait_ready(sock.fd(), false, deadline, timeout) {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// Reads whatever is already queued on the socket without waiting, then decodes the
+    /// next frame if one is complete. Used after a child has exited: all it wrote is in
+    /// the socket by then.
+    pub(crate) fn recv_now<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
+        loop {
+            if let Some(item) = self.next_buffered() {
+                return Some(item);
+            }
+            if !matches!(self.state, ReadState::Open) {
+                return self.at_eof();
+            }
+            let sock = self.sock.clone();
+            match self.read_once_with_fds(sock.fd()) {
+                Ok(_) => continue,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    writable: bool,
+    deadline: Option<std::time::Instant>,
+    timeout: Option<std::time::Duration>,
+) -> Result<()> {
+    let ms = match deadline {
+        None => -1,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+            left.as_millis().clamp(1, i32::MAX as u128) as i32
+        }
+    };
+    sys::poll_one(fd, writable, ms)?;
+    Ok(())
+}
+
+/// Encodes frames into a buffer and writes them out, descriptors attached to the first
+/// bytes of their frame.
+pub(crate) struct WriteHalf {
+    sock: Arc<SocketFd>,
+    buf: Vec<u8>,
+    pos: usize,
+    // (offset of a frame in `buf`, the descriptors it carries), in offset order.
+    fd_marks: VecDeque<(usize, Vec<OwnedFd>)>,
+    max_frame_len: usize,
+}
+
+impl WriteHalf {
+    pub(crate) fn new(sock: Arc<SocketFd>) -> WriteHalf {
+        WriteHalf {
+            sock,
+            buf: Vec::new(),
+            pos: 0,
+            fd_marks: VecDeque::new(),
+            max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Arc<SocketFd> {
+        &self.sock
+    }
+
+    pub(crate) fn set_max_frame_len(&mut self, max: usize) {
+        self.max_frame_len = max;
+    }
+
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Appends a frame for `value` to the outgoing buffer.
+    pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let offset = self.buf.len();
+        let fds = wire::encode_frame(value, &mut self.buf, self.max_frame_len)?;
+        if !fds.is_empty() {
+            self.fd_marks.push_back((offset, fds));
+        }
+        Ok(())
+    }
+
+    /// One `sendmsg` of the bytes up to the next frame that carries descriptors.
+    fn write_once(&mut self) -> io::Result<()> {
+        let fds: Vec<RawFd> = match self.fd_marks.front() {
+            Some((offset, fds)) if *offset == self.pos => fds.iter().map(|f| f.as_raw_fd()).collect(),
+            _ => Vec::new(),
+        };
+        let stop = self
+            .fd_marks
+            .iter()
+            .map(|(offset, _)| *offset)
+            .find(|offset| *offset > self.pos)
+            .unwrap_or(self.buf.len());
+        let n = sys::send_with_fds(self.sock.fd(), &[IoSlice::new(&self.buf[self.pos..stop])], &fds)?;
+        if !fds.is_empty() && n > 0 {
+            self.fd_marks.pop_front();
+        }
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out everything buffered.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        while self.buffered() > 0 {
+            let sock = self.sock.clone();
+            let reg = sock.registration().map_err(Error::Io)?;
+            let mut guard = ready!(reg.poll_write_ready(cx)).map_err(Error::Io)?;
+            match self.write_once() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Err(Error::from_io(e))),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out everything buffered, blocking the calling thread.
+    pub(crate) fn flush_blocking(&mut self) -> Result<()> {
+        while self.buffered() > 0 {
+            match self.write_once() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let sock = self.sock.clone();
+                    wait_ready(sock.fd(), true, None, None)?;
+                }
+                Err(e) => return Err(Error::from_io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes right now without waiting. Returns whether all of it
+    /// went out.
+    pub(crate) fn flush_now(&mut self) -> Result<bool> {
+        while self.buffered() > 0 {
+            match self.write_once() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(Error::from_io(e)),
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,81 @@
+//! Run Rust functions and external programs in child processes from async Rust, and
+//! await them like tasks.
+//!
+//! What Python's `multiprocessing` gives Python programs, for tokio: a child process is
+//! a [`Process`] handle you can `.await` for its result, time out, terminate, kill or
+//! shut down gracefully; [`pipe`] and [`channel`] carry typed messages between
+//! processes, and can themselves be handed to a child inside its argument.
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiprocess::{Connection, spawn_process};
+//!
+//! fn fib(n: u64) -> u64 {
+//!     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+//! }
+//!
+//! fn echo(mut conn: Connection<String, String>) {
+//!     while let Ok(line) = conn.recv_blocking() {
+//!         conn.send_blocking(line.to_uppercase()).unwrap();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> multiprocess::Result<()> {
+//! // A CPU-bound function in another process, awaited without blocking the runtime.
+//! let mut child = spawn_process(fib, 25)?;
+//! assert_eq!(child.join_timeout(Duration::from_secs(10)).await?, 75025);
+//!
+//! // A child that talks over a pipe it received in its argument.
+//! let (mut here, there) = multiprocess::pipe::<String, String>()?;
+//! let mut echoer = spawn_process(echo, there)?;
+//! here.send("hello".into()).await?;
+//! assert_eq!(here.recv().await?, "HELLO");
+//! drop(here);
+//! echoer.join().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How a child starts
+//!
+//! A function child is this same program executed again (`/proc/self/exe`). A hook the
+//! crate places in the binary's initialisation runs before `main`, learns which function
+//! to run over a private socket, checks the binary is the very same build as the
+//! parent's, runs it and reports. Nothing needs to be added to `main`, and the child
+//! never starts your runtime or runs your start-up code. This works the same in
+//! binaries, examples, `cargo test` integration tests and doc tests.
+//!
+//! # Guarantees
+//!
+//! - Waiting never blocks a runtime thread and never hangs on a dead child: exit is
+//!   awaited through a pidfd in tokio's reactor (or one `SIGCHLD` stream; see [`reaper`]).
+//! - Every child is reaped, including those whose handle was dropped.
+//! - Every descriptor the crate opens is close-on-exec unless deliberately passed on.
+//! - A hostile or broken peer on a connection gives an error (oversized frames are
+//!   refused before allocation), never a panic, a hang or unbounded memory.
+//!
+//! Linux only (kernel 5.3 or later for pidfds; older kernels fall back to `SIGCHLD`).
+
+#![warn(missing_docs)]
+#![cfg(target_os = "linux")]
+
+mod error;
+mod exit;
+mod ipc;
+mod process;
+mod start;
+mod sys;
+
+pub use error::{Error, Result};
+pub use exit::{Reaper, reaper};
+pub use ipc::{Connection, DEFAULT_MAX_FRAME_LEN, PassFd, Receiver, Sender, channel, pipe};
+pub use process::{Command, Process, ProcessBuilder, spawn_process};
+
+/// Signals, as accepted by [`Process::signal`].
+///
+/// ```
+/// use multiprocess::Signal;
+/// assert_eq!(Signal::SIGTERM as i32, libc::SIGTERM);
+/// ```
+pub use nix::sys::signal::Signal;

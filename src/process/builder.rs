@@ -1,0 +1,205 @@
+//! [`ProcessBuilder`]: how a child is configured before it starts.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::options::Options;
+use super::{Command, Process};
+use crate::error::Result;
+use crate::start::{self, Entry};
+
+/// Configures and starts a child process running one of our functions.
+///
+/// Made by [`Process::builder`]. Defaults: the parent's environment and working
+/// directory, named `Process-N`, killed when its handle is dropped, not tied to the
+/// parent's lifetime, in the parent's process group.
+///
+/// ```
+/// use multiprocess::Process;
+///
+/// fn shout(s: String) -> String {
+///     s.to_uppercase()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> multiprocess::Result<()> {
+/// let mut child = Process::builder()
+///     .name("shouter")
+///     .env("GREETING", "hi")
+///     .die_with_parent(true)
+///     .spawn(shout, "quiet".to_string())?;
+/// assert_eq!(child.name(), "shouter");
+/// assert_eq!(child.join().await?, "QUIET");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ProcessBuilder {
+    pub(crate) options: Options,
+}
+
+impl ProcessBuilder {
+    /// Names the process: the name is its `argv[0]` and thread name (what `ps` and `top`
+    /// show, truncated to 15 bytes) and appears in logs and errors.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().name("worker-1");
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = Some(name.into());
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().env("RUST_LOG", "debug");
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        let entry = (key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
+        self.options.env.push(entry);
+        self
+    }
+
+    /// Removes an environment variable from the child's environment.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().env_remove("HTTP_PROXY");
+    /// ```
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.options.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Starts the child with an empty environment (plus what [`env`](Self::env) adds).
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().env_clear().env("PATH", "/usr/bin");
+    /// ```
+    pub fn env_clear(mut self) -> Self {
+        self.options.env_clear = true;
+        self.options.env.clear();
+        self
+    }
+
+    /// Sets the child's working directory.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().current_dir("/tmp");
+    /// ```
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.options.current_dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Whether dropping the [`Process`] handle kills the child (default `true`). Either
+    /// way the child is reaped once it exits: no zombie is left behind.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().kill_on_drop(false);
+    /// ```
+    pub fn kill_on_drop(mut self, kill: bool) -> Self {
+        self.options.kill_on_drop = kill;
+        self
+    }
+
+    /// Whether the child gets `SIGKILL` when its parent dies (`PR_SET_PDEATHSIG`, default
+    /// `false`). Linux ties this to the parent *thread* that spawned the child: spawn from
+    /// a thread that lives as long as the child should (a runtime's worker threads do; a
+    /// `spawn_blocking` thread may exit when idle).
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().die_with_parent(true);
+    /// ```
+    pub fn die_with_parent(mut self, die: bool) -> Self {
+        self.options.die_with_parent = die;
+        self
+    }
+
+    /// Puts the child in process group `pgid`; `0` makes it the leader of a new group,
+    /// so that a terminal's Ctrl-C does not reach it.
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().process_group(0);
+    /// ```
+    pub fn process_group(mut self, pgid: i32) -> Self {
+        self.options.process_group = Some(pgid);
+        self
+    }
+
+    /// Starts a child that runs `f(arg)` and returns its handle. See
+    /// [`spawn_process`](crate::spawn_process).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::Process::builder().spawn(|x: u32| x + 1, 41)?;
+    /// assert_eq!(child.join().await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let entry: Entry = start::run_sync::<A, R>;
+        self.spawn_with(entry, f as usize, &arg)
+    }
+
+    /// Starts a child that runs the async function `f(arg)` on a current-thread runtime
+    /// of its own.
+    ///
+    /// ```
+    /// async fn double(x: u64) -> u64 {
+    ///     tokio::task::yield_now().await;
+    ///     x * 2
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::Process::builder().spawn_async(double, 21)?;
+    /// assert_eq!(child.join().await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn_async<A, F, R>(&self, f: fn(A) -> F, arg: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        F: Future<Output = R>,
+        R: Serialize + DeserializeOwned,
+    {
+        let entry: Entry = start::run_async::<A, F, R>;
+        self.spawn_with(entry, f as usize, &arg)
+    }
+
+    fn spawn_with<A: Serialize, R>(&self, entry: Entry, function: usize, arg: &A) -> Result<Process<R>> {
+        let name = self.options.resolved_name();
+        let options = Options {
+            name: Some(name.clone()),
+            ..self.options.clone()
+        };
+        let spawned = start::spawn_function(&options, entry, function, arg)?;
+        Ok(Process::from_function(name, spawned, options.kill_on_drop))
+    }
+
+    /// Turns this configuration into a [`Command`] for an external program.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut ls = multiprocess::Process::builder()
+    ///     .current_dir("/")
+    ///     .command("ls")
+    ///     .spawn()?;
+    /// # ls.join().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        Command::with_options(program.as_ref(), self.options.clone())
+    }
+}

@@ -1,0 +1,438 @@
+//! [`Process`]: the handle to a running child, whatever started it.
+
+mod builder;
+mod command;
+mod options;
+
+pub use builder::ProcessBuilder;
+pub use command::Command;
+pub(crate) use options::Options;
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::exit::ExitWatch;
+use crate::ipc::ReadHalf;
+use crate::start::Spawned;
+use crate::start::protocol::Outcome;
+
+/// Runs `f(arg)` in a new child process and returns a handle to await its result.
+///
+/// The argument travels to the child as a frame, the result comes back the same way;
+/// both need serde's `Serialize` and `Deserialize`. A [`Connection`](crate::Connection),
+/// [`Sender`](crate::Sender) or [`Receiver`](crate::Receiver) inside `arg` arrives in the
+/// child working, so parent and child can talk while it runs. `f` must be a plain
+/// function (or a closure that captures nothing) of this program.
+///
+/// The child is this same binary started again; it runs `f` before reaching `main`, so
+/// it pays for no runtime or set-up of yours. It is killed if the handle is dropped
+/// before it finishes. Use [`Process::builder`] to change that, name it, and so on.
+///
+/// ```
+/// fn fib(n: u64) -> u64 {
+///     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> multiprocess::Result<()> {
+/// let mut child = multiprocess::spawn_process(fib, 20)?;
+/// println!("child {} computing", child.pid());
+/// assert_eq!(child.join().await?, 6765);
+/// # Ok(())
+/// # }
+/// ```
+pub fn spawn_process<A, R>(f: fn(A) -> R, arg: A) -> Result<Process<R>>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    Process::builder().spawn(f, arg)
+}
+
+/// A child process: a function of ours (`Process<R>` yields its `R`) or an external
+/// program (`Process<()>`, see [`Command`]).
+///
+/// Awaiting never blocks a runtime thread and never hangs on a dead child: every wait
+/// ends with the result or an [`Error`] saying what happened to the child. The child is
+/// always reaped; with kill-on-drop (the default) dropping the handle kills it first.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiprocess::{Error, spawn_process};
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> multiprocess::Result<()> {
+/// let mut slow = spawn_process(nap, 60_000)?;
+/// let waited = slow.join_timeout(Duration::from_millis(50)).await;
+/// assert!(matches!(waited, Err(Error::Timeout { .. })));
+/// slow.kill()?;
+/// assert!(matches!(slow.join().await, Err(Error::Signaled { signal: libc::SIGKILL, .. })));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Process<R> {
+    name: String,
+    watch: ExitWatch,
+    control: Option<ReadHalf>,
+    outcome: Option<Result<Outcome<R>>>,
+    joined: bool,
+    kill_on_drop: bool,
+    // What an exit without an outcome means: a failure for a function, possibly
+    // success for an external program.
+    without_outcome: fn(ExitStatus) -> Result<R>,
+    pub(crate) stdio: command::ChildStdio,
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.watch.pid())
+            .field("status", &self.watch.status())
+            .finish_non_exhaustive()
+    }
+}
+
+fn function_exit_without_outcome<R>(status: ExitStatus) -> Result<R> {
+    Err(Error::from_exit_status(status))
+}
+
+impl Process<()> {
+    /// Starts configuring a child; see [`ProcessBuilder`].
+    ///
+    /// ```
+    /// let builder = multiprocess::Process::builder().name("resizer");
+    /// ```
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+
+    pub(crate) fn from_command(
+        name: String,
+        watch: ExitWatch,
+        kill_on_drop: bool,
+        stdio: command::ChildStdio,
+    ) -> Process<()> {
+        Process {
+            name,
+            watch,
+            control: None,
+            outcome: None,
+            joined: false,
+            kill_on_drop,
+            without_outcome: |status| match status.success() {
+                true => Ok(()),
+                false => Err(Error::from_exit_status(status)),
+            },
+            stdio,
+        }
+    }
+}
+
+impl<R> Process<R> {
+    pub(crate) fn from_function(name: String, spawned: Spawned, kill_on_drop: bool) -> Process<R> {
+        Process {
+            name,
+            watch: spawned.watch,
+            control: Some(spawned.control),
+            outcome: None,
+            joined: false,
+            kill_on_drop,
+            without_outcome: function_exit_without_outcome,
+            stdio: Default::default(),
+        }
+    }
+
+    /// The child's process id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let child = multiprocess::spawn_process(|()| std::process::id(), ())?;
+    /// let pid = child.pid();
+    /// assert_eq!(child.await?, pid);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pid(&self) -> u32 {
+        self.watch.pid()
+    }
+
+    /// The child's name (see [`ProcessBuilder::name`]).
+    ///
+    /// ```
+    /// let child = multiprocess::Process::builder().name("n").spawn(|()| (), ())?;
+    /// assert_eq!(child.name(), "n");
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The exit status, once the child has exited and been reaped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(|()| (), ())?;
+    /// child.join().await?;
+    /// assert!(child.exit_status().unwrap().success());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.watch.status()
+    }
+
+    /// Sends `SIGTERM`: asks the child to stop. A no-op once it has exited.
+    ///
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// child.terminate()?;
+    /// assert!(child.join().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(crate::Signal::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`: stops the child at once. A no-op once it has exited.
+    ///
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// child.kill()?;
+    /// assert!(child.join().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn kill(&self) -> Result<()> {
+        self.signal(crate::Signal::SIGKILL)
+    }
+
+    /// Sends `signal` to the child (through its pidfd where available, so it can never
+    /// reach a recycled pid). A no-op once the child has been reaped.
+    ///
+    /// ```
+    /// use multiprocess::Signal;
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// child.signal(Signal::SIGINT)?;
+    /// assert!(child.join().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn signal(&self, signal: crate::Signal) -> Result<()> {
+        Ok(self.watch.signal(signal as i32)?)
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Polls for the child's exit, reading its outcome meanwhile so that a child writing
+    /// a large result never waits on us.
+    fn poll_exit(&mut self, cx: &mut Context<'_>) -> Poll<Result<ExitStatus>> {
+        if self.outcome.is_none() {
+            if let Some(control) = self.control.as_mut() {
+                match control.poll_recv::<Outcome<R>>(cx) {
+                    Poll::Ready(Some(outcome)) => self.outcome = Some(outcome),
+                    Poll::Ready(None) => self.control = None,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        let status = ready!(self.watch.poll_wait(cx))?;
+        if self.outcome.is_none() {
+            // Everything the child wrote is in the socket once it has exited.
+            if let Some(outcome) = self.control.as_mut().and_then(|c| c.recv_now()) {
+                self.outcome = Some(outcome);
+            }
+        }
+        self.control = None;
+        Poll::Ready(Ok(status))
+    }
+
+    fn finish(&mut self, status: ExitStatus) -> Result<R> {
+        self.joined = true;
+        tracing::debug!(pid = self.pid(), name = %self.name, %status, "child exited");
+        match self.outcome.take() {
+            Some(Ok(outcome)) => outcome.into_result(),
+            Some(Err(err)) => Err(err),
+            None => (self.without_outcome)(status),
+        }
+    }
+
+    /// Waits for the child to finish and returns its result.
+    ///
+    /// The error says what went wrong: [`Error::Panicked`] with the child's panic
+    /// message, [`Error::Signaled`] if a signal killed it, [`Error::Exited`] if it exited
+    /// without a result. Cancel-safe: dropping the future loses nothing, and `join` can be
+    /// called again. Once the result has been returned, later calls give
+    /// [`Error::AlreadyJoined`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(|v: Vec<u8>| v.len(), vec![1, 2, 3])?;
+    /// assert_eq!(child.join().await?, 3);
+    /// assert!(matches!(child.join().await, Err(multiprocess::Error::AlreadyJoined)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn join(&mut self) -> Result<R> {
+        if self.joined {
+            return Err(Error::AlreadyJoined);
+        }
+        let status = futures::future::poll_fn(|cx| self.poll_exit(cx)).await?;
+        self.finish(status)
+    }
+
+    /// [`join`](Self::join) with a time limit. On `Err(Timeout)` the child keeps running
+    /// and the handle can be joined, killed or shut down as before.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(|x: i32| x, 5)?;
+    /// assert_eq!(child.join_timeout(Duration::from_secs(30)).await?, 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        match tokio::time::timeout(timeout, self.join()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// Returns the result if the child has finished, `Ok(None)` if it is still running.
+    ///
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// assert!(child.try_join()?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_join(&mut self) -> Result<Option<R>> {
+        if self.joined {
+            return Err(Error::AlreadyJoined);
+        }
+        let waker = futures::task::noop_waker();
+        match self.poll_exit(&mut Context::from_waker(&waker)) {
+            Poll::Ready(status) => self.finish(status?).map(Some),
+            Poll::Pending => Ok(None),
+        }
+    }
+
+    /// Whether the child is still running (it has not exited, or has exited but is not
+    /// reaped yet; this call reaps it if so).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(|()| (), ())?;
+    /// child.wait().await?;
+    /// assert!(!child.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.watch.try_wait(), Ok(None))
+    }
+
+    /// Waits for the child to exit and returns its exit status, without interpreting it.
+    /// A function's result, if it sent one, stays available to [`join`](Self::join).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::Command::new("false").spawn()?;
+    /// assert_eq!(child.wait().await?.code(), Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        futures::future::poll_fn(|cx| self.poll_exit(cx)).await
+    }
+
+    /// Stops the child gracefully: `SIGTERM`, up to `grace` for it to exit, then
+    /// `SIGKILL`. Returns how it exited. Never waits longer than `grace` plus the time
+    /// the kernel takes to kill.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// let status = child.shutdown(Duration::from_secs(1)).await?;
+    /// assert!(!status.success());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.watch.status() {
+            return Ok(status);
+        }
+        self.terminate()?;
+        if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
+            return status;
+        }
+        tracing::debug!(pid = self.pid(), name = %self.name, "grace period over, killing");
+        self.kill()?;
+        self.wait().await
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> IntoFuture for Process<R> {
+    type Output = Result<R>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<R>> + Send>>;
+
+    /// Awaiting a `Process` joins it.
+    fn into_future(mut self) -> Self::IntoFuture {
+        Box::pin(async move { self.join().await })
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if self.kill_on_drop && self.watch.status().is_none() {
+            let _ = self.watch.signal(libc::SIGKILL);
+        }
+        // The watch reaps whatever is left, now or in the background.
+    }
+}

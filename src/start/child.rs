@@ -1,0 +1,199 @@
+//! The child side: a bootstrap that runs before `main` in a re-executed binary.
+//!
+//! The hook sits in `.init_array`, so it runs when the dynamic loader initialises the
+//! program, before `main` and therefore before any runtime the user's `main` would build.
+//! In an ordinary run it returns after one `getenv`. In a function child it never
+//! returns: it reads what to run from the control socket (the child's stdin at exec
+//! time), runs it, reports the outcome and exits.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::identity;
+use super::protocol::{CHILD_ENV, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
+use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
+use crate::sys;
+
+/// What an entry trampoline gets: the function's address and the control socket.
+pub(crate) type Entry = fn(usize, &mut Control) -> i32;
+
+/// The child's end of the control socket.
+pub(crate) struct Control {
+    read: ReadHalf,
+    write: WriteHalf,
+    socket: Arc<SocketFd>,
+}
+
+impl Control {
+    fn report<R: Serialize>(&mut self, outcome: &Outcome<R>) {
+        flush_stdio();
+        if let Err(err) = self.write.encode(outcome) {
+            let _ = self
+                .write
+                .encode(&Outcome::<()>::ResultUnencodable(err.to_string()));
+        }
+        let _ = self.write.flush_blocking();
+    }
+}
+
+fn flush_stdio() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
+#[used]
+// SAFETY: `.init_array` holds pointers to `extern "C" fn()`s that the loader calls once
+// at start-up; this entry is exactly such a function and is sound to run at that time
+// (it uses only std facilities that need no runtime set-up).
+#[unsafe(link_section = ".init_array")]
+pub(crate) static BOOTSTRAP_HOOK: extern "C" fn() = bootstrap;
+
+extern "C" fn bootstrap() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let code = std::panic::catch_unwind(child_main).unwrap_or(EXIT_FAILED);
+    flush_stdio();
+    std::process::exit(code);
+}
+
+fn child_main() -> i32 {
+    // SAFETY: this runs from `.init_array`, before `main`, while the process has a
+    // single thread, so nothing can read the environment concurrently.
+    unsafe { std::env::remove_var(CHILD_ENV) };
+    sys::ignore_sigpipe();
+    let Some(mut control) = take_control_socket() else {
+        return EXIT_FAILED;
+    };
+    let start: Start = match control.read.recv_blocking(None) {
+        Some(Ok(start)) => start,
+        // The parent went away (or is not a parent of ours) before saying what to run.
+        _ => return EXIT_FAILED,
+    };
+    if start.die_with_parent && !die_with_parent(start.parent_pid) {
+        return EXIT_FAILED;
+    }
+    sys::set_thread_name(&start.name);
+    if start.identity != identity::current() {
+        control.report(&Outcome::<()>::Refused(
+            "the child is a different build of the program than its parent".into(),
+        ));
+        return EXIT_FAILED;
+    }
+    // SAFETY: the parent computed `entry` from a value of type `Entry` in a binary whose
+    // identity we just matched with ours, so this address holds that very function.
+    let entry: Entry = unsafe { std::mem::transmute::<usize, Entry>(identity::addr_of(start.entry)) };
+    entry(identity::addr_of(start.function), &mut control)
+}
+
+/// Moves the control socket off descriptor 0 (where the parent put it) and gives the
+/// function a harmless stdin instead.
+fn take_control_socket() -> Option<Control> {
+    let fd = sys::dup_cloexec(std::io::stdin().as_fd(), 3).ok()?;
+    sys::stdin_from_dev_null().ok()?;
+    let socket = SocketFd::new(fd).ok()?;
+    Some(Control {
+        read: ReadHalf::new(socket.clone()),
+        write: WriteHalf::new(socket.clone()),
+        socket,
+    })
+}
+
+/// Arms `PR_SET_PDEATHSIG`, then checks the parent did not die before that took effect.
+fn die_with_parent(parent_pid: u32) -> bool {
+    sys::set_parent_death_signal(libc::SIGKILL).is_ok()
+        && nix::unistd::getppid().as_raw() as u32 == parent_pid
+}
+
+type PanicReport = Outcome<()>;
+
+/// Records a panic of the function's own thread as it happens. With `panic = "unwind"`
+/// the report is sent once the panic has escaped the function (a panic the function
+/// catches itself is no failure); with `panic = "abort"` there is no later, so the hook
+/// sends it at once.
+fn install_panic_reporter(socket: Arc<SocketFd>, last: Arc<Mutex<Option<PanicReport>>>) {
+    let main_thread = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if std::thread::current().id() != main_thread {
+            return;
+        }
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_string());
+        let location = info.location().map(|l| l.to_string());
+        let report = Outcome::Panicked { message, location };
+        if cfg!(panic = "abort") {
+            let mut write = WriteHalf::new(socket.clone());
+            flush_stdio();
+            let _ = write.encode(&report);
+            let _ = write.flush_blocking();
+        } else {
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+        }
+    }));
+}
+
+/// Receives the argument, runs `call` with panics reported, and reports the result.
+fn run_reported<A: DeserializeOwned, R: Serialize>(control: &mut Control, call: impl FnOnce(A) -> R) -> i32 {
+    let arg: A = match control.read.recv_blocking(None) {
+        Some(Ok(arg)) => arg,
+        Some(Err(err)) => {
+            control.report(&Outcome::<()>::ArgumentUndecodable(err.to_string()));
+            return EXIT_FAILED;
+        }
+        None => return EXIT_FAILED,
+    };
+    let last_panic = Arc::new(Mutex::new(None));
+    install_panic_reporter(control.socket.clone(), last_panic.clone());
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(arg))) {
+        Ok(value) => {
+            control.report(&Outcome::Returned(value));
+            0
+        }
+        Err(_) => {
+            let report = last_panic.lock().unwrap_or_else(|p| p.into_inner()).take();
+            control.report(&report.unwrap_or(Outcome::Panicked {
+                message: "panicked".into(),
+                location: None,
+            }));
+            EXIT_PANICKED
+        }
+    }
+}
+
+/// The entry for a plain `fn(A) -> R`.
+pub(crate) fn run_sync<A: DeserializeOwned, R: Serialize>(function: usize, control: &mut Control) -> i32 {
+    // SAFETY: the parent took `function` from a `fn(A) -> R` and paired it with this very
+    // instantiation of `run_sync::<A, R>`; the identity check proved the binary is the same.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
+    run_reported(control, f)
+}
+
+/// The entry for an async `fn(A) -> impl Future<Output = R>`, run on a current-thread
+/// runtime of the child's own.
+pub(crate) fn run_async<A, F, R>(function: usize, control: &mut Control) -> i32
+where
+    A: DeserializeOwned,
+    F: Future<Output = R>,
+    R: Serialize,
+{
+    // SAFETY: as for `run_sync`, with `fn(A) -> F` paired with `run_async::<A, F, R>`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> F>(function) };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            control.report(&Outcome::<()>::Refused(format!("cannot start a runtime: {err}")));
+            return EXIT_FAILED;
+        }
+    };
+    run_reported(control, |arg| runtime.block_on(f(arg)))
+}

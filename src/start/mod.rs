@@ -1,0 +1,13 @@
+//! How a child comes to life.
+//!
+//! The `exec` start method re-executes `/proc/self/exe`. The new image reaches our
+//! bootstrap (see `child`) before `main`, learns over its control socket which function
+//! to run, checks it is the same build as its parent, runs the function and reports.
+
+mod child;
+pub(crate) mod identity;
+pub(crate) mod protocol;
+pub(crate) mod spawn;
+
+pub(crate) use child::{Entry, run_async, run_sync};
+pub(crate) use spawn::{Spawned, spawn_function};

@@ -1,0 +1,52 @@
+//! The messages on a function child's control socket.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Parent to child, first frame: what to run. The argument follows as the second frame.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Start {
+    pub(crate) identity: Vec<u8>,
+    pub(crate) entry: i64,
+    pub(crate) function: i64,
+    pub(crate) name: String,
+    pub(crate) die_with_parent: bool,
+    pub(crate) parent_pid: u32,
+}
+
+/// Child to parent, the only frame: how the function ended.
+///
+/// Variants other than `Returned` do not mention `R`, and postcard encodes an enum as its
+/// variant index then the fields, so a child that cannot know `R` (it refuses to start)
+/// can send `Outcome::<()>::Refused` and the parent decodes it as any `Outcome<R>`.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Outcome<R> {
+    Returned(R),
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    ArgumentUndecodable(String),
+    ResultUnencodable(String),
+    Refused(String),
+}
+
+impl<R> Outcome<R> {
+    pub(crate) fn into_result(self) -> Result<R, Error> {
+        match self {
+            Outcome::Returned(value) => Ok(value),
+            Outcome::Panicked { message, location } => Err(Error::Panicked { message, location }),
+            Outcome::ArgumentUndecodable(msg) => Err(Error::Decode(format!("in the child: {msg}"))),
+            Outcome::ResultUnencodable(msg) => Err(Error::Encode(format!("in the child: {msg}"))),
+            Outcome::Refused(msg) => Err(Error::Bootstrap(msg)),
+        }
+    }
+}
+
+/// The environment variable that tells a re-executed binary it is a function child.
+pub(crate) const CHILD_ENV: &str = "__MULTIPROCESS_CHILD";
+
+/// Exit codes of a function child, for the cases the control socket already explains.
+pub(crate) const EXIT_PANICKED: i32 = 101;
+pub(crate) const EXIT_FAILED: i32 = 2;

@@ -1,0 +1,106 @@
+//! The parent side of the `exec` start method.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use serde::Serialize;
+
+use super::child::{self, Entry};
+use super::identity;
+use super::protocol::{CHILD_ENV, Start};
+use crate::error::{Error, Result};
+use crate::exit::{self, ExitWatch};
+use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
+use crate::process::Options;
+use crate::sys;
+
+/// A freshly started function child.
+pub(crate) struct Spawned {
+    pub(crate) watch: ExitWatch,
+    pub(crate) control: ReadHalf,
+}
+
+/// Starts a child running `function(arg)` through `entry`.
+pub(crate) fn spawn_function<A: Serialize>(
+    options: &Options,
+    entry: Entry,
+    function: usize,
+    arg: &A,
+) -> Result<Spawned> {
+    // The hook must be in the binary for the child to find its way; using it here keeps
+    // the linker from dropping it.
+    std::hint::black_box(&child::BOOTSTRAP_HOOK);
+    exit::reap_orphans();
+    let name = &options.resolved_name();
+    let entry = entry as usize;
+    if !identity::in_own_code(entry) || !identity::in_own_code(function) {
+        return Err(Error::Spawn {
+            program: name.to_string(),
+            source: io::Error::other(
+                "the function is not in the program's own executable (a dynamic library?)",
+            ),
+        });
+    }
+    let (parent_end, child_end) = sys::stream_socketpair()?;
+    let socket = SocketFd::new(parent_end)?;
+    let mut write = WriteHalf::new(socket.clone());
+    write.encode(&Start {
+        identity: identity::current().to_vec(),
+        entry: identity::offset_of(entry),
+        function: identity::offset_of(function),
+        name: name.to_string(),
+        die_with_parent: options.die_with_parent,
+        parent_pid: std::process::id(),
+    })?;
+    write.encode(arg)?;
+
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command.arg0(name);
+    options.apply(&mut command);
+    command.env(CHILD_ENV, "1").stdin(Stdio::from(child_end));
+    let child = command.spawn().map_err(|source| Error::Spawn {
+        program: name.to_string(),
+        source,
+    })?;
+    drop(command);
+    let watch = watch_or_kill(child)?;
+    tracing::debug!(pid = watch.pid(), name, "spawned function child");
+    flush_in_background(write);
+    Ok(Spawned {
+        watch,
+        control: ReadHalf::new(socket),
+    })
+}
+
+/// Starts watching a just-spawned child; if that fails the child is killed and reaped
+/// rather than left behind.
+pub(crate) fn watch_or_kill(mut child: std::process::Child) -> Result<ExitWatch> {
+    match ExitWatch::new(child.id()) {
+        Ok(watch) => Ok(watch),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::Io(err))
+        }
+    }
+}
+
+/// Sends what did not fit in the socket buffer from a task, so spawning never waits
+/// for the child to read.
+fn flush_in_background(mut write: WriteHalf) {
+    if !matches!(write.flush_now(), Ok(false)) {
+        // Sent, or the child is already gone: joining it will say why.
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = futures::future::poll_fn(|cx| write.poll_flush(cx)).await;
+            });
+        }
+        Err(_) => {
+            let _ = write.flush_blocking();
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Thin, safe wrappers over the Linux calls the crate needs.
+//!
+//! Everything that touches a raw syscall lives here so the rest of the crate is free of
+//! `unsafe`. Every descriptor handed out is an [`OwnedFd`] with `FD_CLOEXEC` set.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+
+/// The most descriptors Linux accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Opens a pidfd for `pid`, which must be an unreaped child of ours (so the pid cannot
+/// have been recycled). The descriptor is always close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` through a pidfd: unlike `kill(2)`, it can never hit a recycled pid.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: a valid descriptor, a signal number, a null siginfo (meaning "as kill(2)")
+    // and zero flags are what pidfd_send_signal expects.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to `pid` with `kill(2)`. Callers guarantee the pid is an unreaped child.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; the caller holds the child unreaped.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps the child behind `pidfd` if it has exited. `Ok(None)` means still running.
+pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid initial value and lets us tell
+    // "no child changed state" (si_pid == 0) from a real report.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: P_PIDFD with a valid pidfd and a pointer to a live siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed); reading the union fields that
+    // SIGCHLD reports always carry is sound.
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(status_from_siginfo(code, status)))
+}
+
+fn status_from_siginfo(code: i32, status: i32) -> ExitStatus {
+    match code {
+        libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
+        libc::CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
+        _ => ExitStatus::from_raw(status & 0x7f),
+    }
+}
+
+/// Reaps `pid` if it has exited, without blocking. `Ok(None)` means still running.
+pub(crate) fn waitpid_nohang(pid: u32) -> io::Result<Option<ExitStatus>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid on one specific pid with a pointer to a live c_int.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        match rc {
+            0 => return Ok(None),
+            r if r > 0 => return Ok(Some(ExitStatus::from_raw(status))),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// A connected pair of close-on-exec Unix stream sockets.
+pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Sets or clears `O_NONBLOCK`. Note that the flag belongs to the open file description,
+/// which every process holding a copy of the descriptor shares.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    let wanted = if nonblocking {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    if wanted != flags {
+        fcntl(fd, FcntlArg::F_SETFL(wanted))?;
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` to a new close-on-exec descriptor numbered at least `min`.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    let new = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Clears `FD_CLOEXEC` so that `fd` survives an `exec`. Async-signal-safe.
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(F_SETFD) on an integer descriptor; used between fork and exec, where
+    // only async-signal-safe calls are allowed, which fcntl is.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `dup2` that also works when `old == new` by clearing `FD_CLOEXEC` instead.
+/// Async-signal-safe, for use between fork and exec.
+pub(crate) fn dup2_inheritable(old: RawFd, new: RawFd) -> io::Result<()> {
+    if old == new {
+        return clear_cloexec(new);
+    }
+    // SAFETY: dup2 on integer descriptors; async-signal-safe.
+    let rc = unsafe { libc::dup2(old, new) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Points descriptor 0 at `/dev/null`, so a function child never reads the parent's stdin.
+pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    dup2_inheritable(null.as_raw_fd(), 0)
+}
+
+/// Sends `bufs` with `fds` attached as `SCM_RIGHTS`. Never raises `SIGPIPE`.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            bufs,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives into `buf`, appending any descriptors that came along (close-on-exec) to
+/// `fds`. Returns the number of bytes read; zero means end of stream.
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(msg) => break msg,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let bytes = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            for raw in received {
+                // SAFETY: SCM_RIGHTS just installed these descriptors in our table; we
+                // are their only owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    if truncated {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "peer sent more descriptors than one message may carry",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Waits until `fd` is readable (or writable) or `timeout_ms` passes (-1: forever).
+/// Used only by the blocking API, never on a runtime thread.
+pub(crate) fn poll_one(fd: BorrowedFd<'_>, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let events = if writable {
+        PollFlags::POLLOUT
+    } else {
+        PollFlags::POLLIN
+    };
+    let mut fds = [PollFd::new(fd, events)];
+    let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks the kernel to send `signal` to this process when the thread that forked it exits.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; the remaining arguments are unused.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's name (`comm`, as `ps` shows it); truncated to 15 bytes.
+pub(crate) fn set_thread_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+    bytes.push(0);
+    if let Ok(cname) = std::ffi::CStr::from_bytes_with_nul(&bytes) {
+        let _ = nix::sys::prctl::set_name(cname);
+    }
+}
+
+/// Whether this kernel offers pidfds that can be awaited (`pidfd_open`, Linux 5.3+).
+pub(crate) fn pidfd_supported() -> bool {
+    pidfd_open(std::process::id()).is_ok()
+}
+
+/// Ignores `SIGPIPE`, as std does before a Rust `main`: a child of ours starts before
+/// std's own setup runs, and must see `EPIPE` errors rather than die on a closed pipe.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN has no handler code to be unsafe about.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+}
