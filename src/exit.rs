@@ -135,12 +135,26 @@ impl ExitWatch {
     /// Reaps the child if it has exited, without waiting.
     pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = match self.kind.as_ref().expect("watch in use") {
-                Kind::Pidfd(pidfd) => sys::waitid_pidfd(pidfd.fd())?,
-                Kind::Sigchld(slot) => slot.try_reap(self.pid)?,
+            let status = match self.kind.as_ref() {
+                Some(Kind::Pidfd(pidfd)) => sys::waitid_pidfd(pidfd.fd())?,
+                Some(Kind::Sigchld(slot)) => slot.try_reap(self.pid)?,
+                None => None,
             };
+            if let Some(status) = status {
+                self.reaped(status);
+            }
         }
         Ok(self.status)
+    }
+
+    /// Records the status and lets go of the pidfd or registry slot at once: a reaped
+    /// child needs neither, and a process awaiting thousands of children should not
+    /// hold a descriptor for each one it has already seen exit.
+    fn reaped(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        if let Some(Kind::Sigchld(_)) = self.kind.take() {
+            registry().forget(self.pid);
+        }
     }
 
     /// Polls for the child's exit.
@@ -148,15 +162,12 @@ impl ExitWatch {
         if let Some(status) = self.try_wait()? {
             return Poll::Ready(Ok(status));
         }
-        match self.kind.as_mut().expect("watch in use") {
+        let status = match self.kind.as_mut().expect("an unreaped child has a watch") {
             Kind::Pidfd(pidfd) => loop {
                 let afd = pidfd.registered()?;
                 let mut guard = ready!(afd.poll_read_ready(cx))?;
                 match sys::waitid_pidfd(afd.get_ref().as_fd())? {
-                    Some(status) => {
-                        self.status = Some(status);
-                        return Poll::Ready(Ok(status));
-                    }
+                    Some(status) => break status,
                     None => guard.clear_ready(),
                 }
             },
@@ -164,14 +175,13 @@ impl ExitWatch {
                 slot.waker.register(cx.waker());
                 registry().ensure_driver()?;
                 match slot.try_reap(self.pid)? {
-                    Some(status) => {
-                        self.status = Some(status);
-                        Poll::Ready(Ok(status))
-                    }
-                    None => Poll::Pending,
+                    Some(status) => status,
+                    None => return Poll::Pending,
                 }
             }
-        }
+        };
+        self.reaped(status);
+        Poll::Ready(Ok(status))
     }
 
     /// Waits for the child's exit.
@@ -184,9 +194,10 @@ impl ExitWatch {
         if self.status.is_some() {
             return Ok(());
         }
-        let result = match self.kind.as_ref().expect("watch in use") {
-            Kind::Pidfd(pidfd) => sys::pidfd_send_signal(pidfd.fd(), signal),
-            Kind::Sigchld(slot) => slot.signal(self.pid, signal),
+        let result = match self.kind.as_ref() {
+            Some(Kind::Pidfd(pidfd)) => sys::pidfd_send_signal(pidfd.fd(), signal),
+            Some(Kind::Sigchld(slot)) => slot.signal(self.pid, signal),
+            None => Ok(()),
         };
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
@@ -198,12 +209,6 @@ impl ExitWatch {
 impl Drop for ExitWatch {
     fn drop(&mut self) {
         let Some(kind) = self.kind.take() else { return };
-        if self.status.is_some() {
-            if let Kind::Sigchld(_) = kind {
-                registry().forget(self.pid);
-            }
-            return;
-        }
         let orphan = ExitWatch {
             pid: self.pid,
             status: None,

@@ -1,0 +1,140 @@
+//! Helpers shared by the integration tests: leak checks read from `/proc`.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// Open descriptors of this test process, leaving out the epoll and eventfd
+/// descriptors of tokio runtimes (the test harness runs other tests, each with its own
+/// runtime, while this one is checked).
+pub fn fd_count() -> usize {
+    fd_list()
+        .iter()
+        .filter(|fd| !fd.ends_with("[eventpoll]") && !fd.ends_with("[eventfd]"))
+        .count()
+}
+
+/// What each open descriptor points at, for failure messages.
+pub fn fd_list() -> Vec<String> {
+    let mut list: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{}->{}", e.file_name().to_string_lossy(), target.display())
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// `(pid, state)` of every process whose parent is this test process.
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may contain spaces: parse after it.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == me {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+pub fn zombies() -> usize {
+    children().iter().filter(|(_, state)| *state == 'Z').count()
+}
+
+/// Whether a process with this pid exists at all (zombies included).
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits until `done` holds, for background reaping to catch up; fails after 20 s.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; now open: {:?}",
+            fd_list()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Tests in one binary share the process's descriptor table and children, so leak
+/// checks take this lock to see only their own.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A snapshot of descriptors and children, compared when the test ends.
+pub struct LeakCheck {
+    fds: usize,
+    fd_list: Vec<String>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl LeakCheck {
+    pub async fn start() -> LeakCheck {
+        let serial = SERIAL.lock().await;
+        warm_up().await;
+        LeakCheck {
+            fds: fd_count(),
+            fd_list: fd_list(),
+            _serial: serial,
+        }
+    }
+
+    /// Asserts that every child is gone (reaped, not a zombie) and the descriptor count
+    /// is back to where it started.
+    pub async fn finish(self) {
+        eventually("all children reaped", || children().is_empty()).await;
+        let fds = self.fds;
+        let before = self.fd_list.clone();
+        eventually(&format!("fd count back to {fds} (had {before:?})"), || {
+            fd_count() <= fds
+        })
+        .await;
+        assert_eq!(zombies(), 0);
+    }
+}
+
+fn warm_up_child(_: ()) {}
+
+/// Spawns and joins one child, so that process-wide state created once (a signal
+/// pipe, cached identity) exists before the baseline is taken.
+pub async fn warm_up() {
+    multiprocess::spawn_process(warm_up_child, ()).unwrap().join().await.unwrap();
+}
+
+/// Waits for an arbitrary process (not necessarily our child) to exit, through a pidfd
+/// of the test's own.
+pub async fn await_exit_of(pid: u32, limit: Duration) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return true; // Already gone.
+    }
+    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    #[allow(deprecated)] // `register` needs a newer tokio than the tests require.
+    let afd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).unwrap();
+    tokio::time::timeout(limit, afd.readable()).await.is_ok()
+}
+
+/// Whether this run forces the SIGCHLD backend.
+pub fn forced_backend() -> Option<String> {
+    std::env::var("MULTIPROCESS_REAPER").ok()
+}
