@@ -1,0 +1,58 @@
+//! die_with_parent: a parent process SIGKILLed takes its child with it.
+
+mod common;
+
+use std::time::Duration;
+
+use multiprocess::{Process, Sender, spawn_process};
+
+fn sleeps_forever(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A middle process: starts a grandchild, reports its pid, then waits to be killed.
+fn middle(args: (bool, Sender<u32>)) {
+    let (die_with_parent, mut report) = args;
+    let grandchild = Process::builder()
+        .die_with_parent(die_with_parent)
+        .kill_on_drop(false)
+        .spawn(sleeps_forever, ())
+        .unwrap();
+    report.send_blocking(grandchild.pid()).unwrap();
+    sleeps_forever(());
+}
+
+#[tokio::test]
+async fn a_killed_parent_takes_its_child_along() {
+    let leaks = common::LeakCheck::start().await;
+    let (tx, mut rx) = multiprocess::channel::<u32>().unwrap();
+    let mut parent = spawn_process(middle, (true, tx)).unwrap();
+    let grandchild = rx.recv().await.unwrap();
+    assert!(common::exists(grandchild));
+    parent.kill().unwrap();
+    assert!(parent.join().await.is_err());
+    assert!(
+        common::await_exit_of(grandchild, Duration::from_secs(20)).await,
+        "grandchild {grandchild} outlived its parent"
+    );
+    drop((parent, rx));
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn without_it_the_child_outlives_its_parent() {
+    let leaks = common::LeakCheck::start().await;
+    let (tx, mut rx) = multiprocess::channel::<u32>().unwrap();
+    let mut parent = spawn_process(middle, (false, tx)).unwrap();
+    let grandchild = rx.recv().await.unwrap();
+    parent.kill().unwrap();
+    assert!(parent.join().await.is_err());
+    // Still there after its parent is gone (reparented); clean it up ourselves.
+    assert!(!common::await_exit_of(grandchild, Duration::from_millis(300)).await);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(common::await_exit_of(grandchild, Duration::from_secs(20)).await);
+    drop((parent, rx));
+    leaks.finish().await;
+}
