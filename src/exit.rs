@@ -235,7 +235,10 @@ fn adopt_orphan(mut orphan: ExitWatch) {
                 let _ = orphan.wait().await;
             });
         }
-        Err(_) => orphans().lock().unwrap_or_else(|p| p.into_inner()).push(orphan),
+        Err(_) => orphans()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(orphan),
     }
 }
 
@@ -365,7 +368,9 @@ impl Registry {
             Ok(handle) => handle,
             Err(_) => {
                 self.driver_alive.store(false, Ordering::Release);
-                return Err(io::Error::other("awaiting a child requires a tokio runtime"));
+                return Err(io::Error::other(
+                    "awaiting a child requires a tokio runtime",
+                ));
             }
         };
         let signals = {

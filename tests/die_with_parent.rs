@@ -51,7 +51,11 @@ async fn without_it_the_child_outlives_its_parent() {
     assert!(parent.join().await.is_err());
     // Still there after its parent is gone (reparented); clean it up ourselves.
     assert!(!common::await_exit_of(grandchild, Duration::from_millis(300)).await);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(grandchild as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert!(common::await_exit_of(grandchild, Duration::from_secs(20)).await);
     drop((parent, rx));
     leaks.finish().await;

@@ -24,7 +24,10 @@ async fn kill_on_drop_leaves_no_process() {
     let pid = child.pid();
     assert!(common::exists(pid));
     drop(child);
-    assert!(common::await_exit_of(pid, Duration::from_secs(20)).await, "child still running");
+    assert!(
+        common::await_exit_of(pid, Duration::from_secs(20)).await,
+        "child still running"
+    );
     common::eventually("dropped child reaped", || !common::exists(pid)).await;
     leaks.finish().await;
 }
@@ -51,7 +54,10 @@ async fn without_kill_on_drop_the_child_finishes_and_is_reaped() {
 #[test]
 fn dropped_outside_a_runtime_is_reaped_by_the_next_spawn() {
     let _serial = common::SERIAL.blocking_lock();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let child = spawn_process(sleeps_forever, ()).unwrap();
     let pid = child.pid();
     drop(child);

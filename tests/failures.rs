@@ -65,15 +65,37 @@ async fn a_panic_caught_inside_the_child_is_no_failure() {
 async fn abort_is_sigabrt() {
     let leaks = common::LeakCheck::start().await;
     let err = spawn_process(aborts, ()).unwrap().join().await.unwrap_err();
-    assert!(matches!(err, Error::Signaled { signal: libc::SIGABRT, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGABRT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     leaks.finish().await;
 }
 
 #[tokio::test]
 async fn segfault_is_sigsegv() {
     let leaks = common::LeakCheck::start().await;
-    let err = spawn_process(segfaults, ()).unwrap().join().await.unwrap_err();
-    assert!(matches!(err, Error::Signaled { signal: libc::SIGSEGV, .. }), "{err:?}");
+    let err = spawn_process(segfaults, ())
+        .unwrap()
+        .join()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGSEGV,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("SIGSEGV"), "{err}");
     leaks.finish().await;
 }
@@ -87,7 +109,10 @@ async fn exit_code_is_reported() {
     assert_eq!(child.exit_status().unwrap().code(), Some(3));
     drop(child);
     let err = spawn_process(exits, 0).unwrap().join().await.unwrap_err();
-    assert!(matches!(err, Error::Exited { code: 0 }), "exit(0) without a result: {err:?}");
+    assert!(
+        matches!(err, Error::Exited { code: 0 }),
+        "exit(0) without a result: {err:?}"
+    );
     leaks.finish().await;
 }
 
@@ -102,7 +127,13 @@ async fn timeout_then_kill() {
     child.kill().unwrap();
     let err = child.join().await.unwrap_err();
     assert!(
-        matches!(err, Error::Signaled { signal: libc::SIGKILL, core_dumped: false }),
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGKILL,
+                core_dumped: false
+            }
+        ),
         "{err:?}"
     );
     assert!(!child.is_alive());

@@ -23,7 +23,11 @@ struct Scene {
 }
 
 fn describe(scene: Scene) -> (usize, String, Option<String>) {
-    (scene.shapes.len(), scene.name.to_uppercase(), scene.parent.map(|p| p.name))
+    (
+        scene.shapes.len(),
+        scene.name.to_uppercase(),
+        scene.parent.map(|p| p.name),
+    )
 }
 
 fn identity<T>(value: T) -> T {
@@ -41,7 +45,11 @@ fn make_big(len: usize) -> serde_bytes::ByteBuf {
 fn nothing(_: ()) {}
 
 fn fallible(n: i32) -> Result<i32, String> {
-    if n >= 0 { Ok(n * 10) } else { Err(format!("{n} is negative")) }
+    if n >= 0 {
+        Ok(n * 10)
+    } else {
+        Err(format!("{n} is negative"))
+    }
 }
 
 async fn async_sum(v: Vec<u64>) -> u64 {
@@ -52,9 +60,27 @@ async fn async_sum(v: Vec<u64>) -> u64 {
 #[tokio::test]
 async fn scalars_strings_and_unit() {
     let leaks = common::LeakCheck::start().await;
-    assert_eq!(spawn_process(identity::<u64>, u64::MAX).unwrap().join().await.unwrap(), u64::MAX);
-    assert_eq!(spawn_process(identity::<i8>, -5).unwrap().join().await.unwrap(), -5);
-    let pi = spawn_process(identity::<f64>, std::f64::consts::PI).unwrap().join().await.unwrap();
+    assert_eq!(
+        spawn_process(identity::<u64>, u64::MAX)
+            .unwrap()
+            .join()
+            .await
+            .unwrap(),
+        u64::MAX
+    );
+    assert_eq!(
+        spawn_process(identity::<i8>, -5)
+            .unwrap()
+            .join()
+            .await
+            .unwrap(),
+        -5
+    );
+    let pi = spawn_process(identity::<f64>, std::f64::consts::PI)
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
     assert_eq!(pi, std::f64::consts::PI);
     let s = spawn_process(identity::<String>, "héllo wörld".to_string()).unwrap();
     assert_eq!(s.await.unwrap(), "héllo wörld");
@@ -76,11 +102,22 @@ async fn structs_enums_maps_and_options() {
             parent: None,
         })),
     };
-    let echoed = spawn_process(identity::<Scene>, scene.clone()).unwrap().join().await.unwrap();
+    let echoed = spawn_process(identity::<Scene>, scene.clone())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
     assert_eq!(echoed, scene);
-    let summary = spawn_process(describe, scene).unwrap().join().await.unwrap();
+    let summary = spawn_process(describe, scene)
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
     assert_eq!(summary, (3, "OUTER".to_string(), Some("root".to_string())));
-    assert_eq!(spawn_process(fallible, 4).unwrap().join().await.unwrap(), Ok(40));
+    assert_eq!(
+        spawn_process(fallible, 4).unwrap().join().await.unwrap(),
+        Ok(40)
+    );
     assert_eq!(
         spawn_process(fallible, -1).unwrap().join().await.unwrap(),
         Err("-1 is negative".to_string())
@@ -94,9 +131,17 @@ async fn large_argument_and_larger_result() {
     // Both far beyond a socket buffer: the argument is sent from a task, the result is
     // read while the parent waits for the exit.
     let big = make_big(8 << 20);
-    let (len, sum) = spawn_process(checksum, big.clone()).unwrap().join().await.unwrap();
+    let (len, sum) = spawn_process(checksum, big.clone())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
     assert_eq!((len, sum), (big.len(), big.iter().map(|b| *b as u64).sum()));
-    let result = spawn_process(make_big, 16 << 20).unwrap().join().await.unwrap();
+    let result = spawn_process(make_big, 16 << 20)
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
     assert_eq!(result, make_big(16 << 20));
     leaks.finish().await;
 }
@@ -104,7 +149,9 @@ async fn large_argument_and_larger_result() {
 #[tokio::test]
 async fn async_entry_point() {
     let leaks = common::LeakCheck::start().await;
-    let mut child = Process::builder().spawn_async(async_sum, vec![1, 2, 3, 4]).unwrap();
+    let mut child = Process::builder()
+        .spawn_async(async_sum, vec![1, 2, 3, 4])
+        .unwrap();
     assert_eq!(child.join().await.unwrap(), 10);
     leaks.finish().await;
 }
@@ -113,7 +160,10 @@ async fn async_entry_point() {
 fn spawn_outside_a_runtime_and_join_inside_one() {
     let _serial = common::SERIAL.blocking_lock();
     let mut child = spawn_process(identity::<u32>, 9).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     assert_eq!(runtime.block_on(child.join()).unwrap(), 9);
 }
 

@@ -28,7 +28,16 @@ async fn terminate_sends_sigterm() {
     let mut child = spawn_process(sleeps_forever, ()).unwrap();
     child.terminate().unwrap();
     let err = child.join().await.unwrap_err();
-    assert!(matches!(err, Error::Signaled { signal: libc::SIGTERM, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGTERM,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     drop(child);
     leaks.finish().await;
 }
@@ -39,7 +48,16 @@ async fn any_signal_can_be_sent() {
     let mut child = spawn_process(sleeps_forever, ()).unwrap();
     child.signal(Signal::SIGUSR1).unwrap();
     let err = child.join().await.unwrap_err();
-    assert!(matches!(err, Error::Signaled { signal: libc::SIGUSR1, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGUSR1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     drop(child);
     leaks.finish().await;
 }

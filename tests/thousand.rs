@@ -18,17 +18,27 @@ fn square_when_released((x, gate): (u64, PassFd)) -> u64 {
 async fn a_thousand_children_at_once() {
     let leaks = common::LeakCheck::start().await;
     // Two descriptors per running child (control socket and pidfd).
-    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     if soft < 4096 {
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard)
-            .unwrap();
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(8192),
+            hard,
+        )
+        .unwrap();
     }
     let (gate, release) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let children: Vec<_> = (0..1000u64)
-        .map(|i| spawn_process(square_when_released, (i, PassFd(gate.try_clone().unwrap()))).unwrap())
+        .map(|i| {
+            spawn_process(square_when_released, (i, PassFd(gate.try_clone().unwrap()))).unwrap()
+        })
         .collect();
     drop(gate);
-    let alive = common::children().iter().filter(|(_, state)| *state != 'Z').count();
+    let alive = common::children()
+        .iter()
+        .filter(|(_, state)| *state != 'Z')
+        .count();
     assert_eq!(alive, 1000, "all children alive together");
     drop(release);
     let results = futures::future::join_all(children.into_iter().map(|c| c.into_future())).await;

@@ -165,7 +165,8 @@ impl<S, R> Connection<S, R> {
     /// let (a, mut b) = multiprocess::pipe::<u8, u8>()?;
     /// let (mut tx, mut rx) = a.split();
     /// tx.send(1).await?;
-    /// b.send(b.recv().await? + 1).await?;
+    /// let got = b.recv().await?;
+    /// b.send(got + 1).await?;
     /// assert_eq!(rx.recv().await?, 2);
     /// # Ok(())
     /// # }
@@ -242,7 +243,9 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_blocking(&mut self) -> Result<R> {
-        self.read.recv_blocking(None).unwrap_or(Err(Error::Disconnected))
+        self.read
+            .recv_blocking(None)
+            .unwrap_or(Err(Error::Disconnected))
     }
 
     /// Receives the next message, blocking at most `timeout`.
@@ -446,7 +449,9 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_blocking(&mut self) -> Result<T> {
-        self.read.recv_blocking(None).unwrap_or(Err(Error::Disconnected))
+        self.read
+            .recv_blocking(None)
+            .unwrap_or(Err(Error::Disconnected))
     }
 
     /// Sets the largest frame this end accepts (default 256 MiB).
@@ -541,7 +546,12 @@ impl<'de, S, R> Deserialize<'de> for Connection<S, R> {
 impl<T> Serialize for Sender<T> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let fd = self.write.socket().fd();
-        serialize_handle(fd, self.write.max_frame_len(), self.write.buffered() > 0, serializer)
+        serialize_handle(
+            fd,
+            self.write.max_frame_len(),
+            self.write.buffered() > 0,
+            serializer,
+        )
     }
 }
 
@@ -560,7 +570,12 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
 impl<T> Serialize for Receiver<T> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let fd = self.read.socket().fd();
-        serialize_handle(fd, self.read.max_frame_len(), self.read.has_buffered(), serializer)
+        serialize_handle(
+            fd,
+            self.read.max_frame_len(),
+            self.read.has_buffered(),
+            serializer,
+        )
     }
 }
 

@@ -229,7 +229,9 @@ impl ReadHalf {
         self.end += got;
         self.fds.extend(fds);
         if self.fds.len() > MAX_QUEUED_FDS {
-            return self.fail(Error::Protocol("peer sent descriptors without frames".into()));
+            return self.fail(Error::Protocol(
+                "peer sent descriptors without frames".into(),
+            ));
         }
         if got == 0 {
             self.state = ReadState::Eof;
@@ -387,7 +389,9 @@ impl WriteHalf {
     /// One `sendmsg` of the bytes up to the next frame that carries descriptors.
     fn write_once(&mut self) -> io::Result<()> {
         let fds: Vec<RawFd> = match self.fd_marks.front() {
-            Some((offset, fds)) if *offset == self.pos => fds.iter().map(|f| f.as_raw_fd()).collect(),
+            Some((offset, fds)) if *offset == self.pos => {
+                fds.iter().map(|f| f.as_raw_fd()).collect()
+            }
             _ => Vec::new(),
         };
         let stop = self
@@ -396,7 +400,11 @@ impl WriteHalf {
             .map(|(offset, _)| *offset)
             .find(|offset| *offset > self.pos)
             .unwrap_or(self.buf.len());
-        let n = sys::send_with_fds(self.sock.fd(), &[IoSlice::new(&self.buf[self.pos..stop])], &fds)?;
+        let n = sys::send_with_fds(
+            self.sock.fd(),
+            &[IoSlice::new(&self.buf[self.pos..stop])],
+            &fds,
+        )?;
         if !fds.is_empty() && n > 0 {
             self.fd_marks.pop_front();
         }

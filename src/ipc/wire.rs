@@ -146,7 +146,9 @@ thread_local! {
 fn with_outgoing_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let saved = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
     let result = encode();
-    let fds = OUTGOING.with(|slot| slot.replace(saved)).unwrap_or_default();
+    let fds = OUTGOING
+        .with(|slot| slot.replace(saved))
+        .unwrap_or_default();
     (result, fds)
 }
 
@@ -160,7 +162,10 @@ fn with_incoming_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 
 /// Serializes a descriptor as an index into the frame being encoded. The descriptor is
 /// duplicated, so the caller keeps its own copy until it drops it.
-pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let index = OUTGOING.with(|slot| {
         let mut slot = slot.borrow_mut();
         let Some(fds) = slot.as_mut() else {
@@ -176,7 +181,9 @@ pub(crate) fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> 
 }
 
 /// Takes the descriptor a frame carried at the serialized index.
-pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
+pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
     INCOMING.with(|slot| {
         let mut slot = slot.borrow_mut();

@@ -176,7 +176,12 @@ impl ProcessBuilder {
         self.spawn_with(entry, f as usize, &arg)
     }
 
-    fn spawn_with<A: Serialize, R>(&self, entry: Entry, function: usize, arg: &A) -> Result<Process<R>> {
+    fn spawn_with<A: Serialize, R>(
+        &self,
+        entry: Entry,
+        function: usize,
+        arg: &A,
+    ) -> Result<Process<R>> {
         let name = self.options.resolved_name();
         let options = Options {
             name: Some(name.clone()),

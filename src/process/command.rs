@@ -100,7 +100,8 @@ impl Command {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -181,7 +182,11 @@ impl Command {
     /// ```
     pub fn spawn(&mut self) -> Result<Process<()>> {
         exit::reap_orphans();
-        let name = self.options.name.clone().unwrap_or_else(|| self.program.to_string_lossy().into_owned());
+        let name = self
+            .options
+            .name
+            .clone()
+            .unwrap_or_else(|| self.program.to_string_lossy().into_owned());
         let mut command = std::process::Command::new(&self.program);
         command.args(&self.args);
         self.options.apply(&mut command);
@@ -210,7 +215,12 @@ impl Command {
         };
         let watch = watch_or_kill(child)?;
         tracing::debug!(pid = watch.pid(), name, "spawned command");
-        Ok(Process::from_command(name, watch, self.options.kill_on_drop, stdio))
+        Ok(Process::from_command(
+            name,
+            watch,
+            self.options.kill_on_drop,
+            stdio,
+        ))
     }
 
     /// Copies each channel's descriptor above every target number, so that putting one
@@ -223,8 +233,15 @@ impl Command {
             .collect()
     }
 
-    fn install_pre_exec(&self, command: &mut std::process::Command, inherited: &[(RawFd, OwnedFd)]) {
-        let moves: Vec<(RawFd, RawFd)> = inherited.iter().map(|(t, fd)| (fd.as_raw_fd(), *t)).collect();
+    fn install_pre_exec(
+        &self,
+        command: &mut std::process::Command,
+        inherited: &[(RawFd, OwnedFd)],
+    ) {
+        let moves: Vec<(RawFd, RawFd)> = inherited
+            .iter()
+            .map(|(t, fd)| (fd.as_raw_fd(), *t))
+            .collect();
         let die_with_parent = self.options.die_with_parent;
         if moves.is_empty() && !die_with_parent {
             return;
@@ -270,7 +287,12 @@ impl Process<()> {
     /// # }
     /// ```
     pub fn take_stdin(&mut self) -> Result<Option<tokio::process::ChildStdin>> {
-        Ok(self.stdio.stdin.take().map(tokio::process::ChildStdin::from_std).transpose()?)
+        Ok(self
+            .stdio
+            .stdin
+            .take()
+            .map(tokio::process::ChildStdin::from_std)
+            .transpose()?)
     }
 
     /// Takes the program's standard output, if it was set to [`Stdio::piped`].
@@ -291,7 +313,12 @@ impl Process<()> {
     /// # }
     /// ```
     pub fn take_stdout(&mut self) -> Result<Option<tokio::process::ChildStdout>> {
-        Ok(self.stdio.stdout.take().map(tokio::process::ChildStdout::from_std).transpose()?)
+        Ok(self
+            .stdio
+            .stdout
+            .take()
+            .map(tokio::process::ChildStdout::from_std)
+            .transpose()?)
     }
 
     /// Takes the program's standard error, if it was set to [`Stdio::piped`].
@@ -309,6 +336,11 @@ impl Process<()> {
     /// # }
     /// ```
     pub fn take_stderr(&mut self) -> Result<Option<tokio::process::ChildStderr>> {
-        Ok(self.stdio.stderr.take().map(tokio::process::ChildStderr::from_std).transpose()?)
+        Ok(self
+            .stdio
+            .stderr
+            .take()
+            .map(tokio::process::ChildStderr::from_std)
+            .transpose()?)
     }
 }

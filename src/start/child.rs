@@ -86,7 +86,8 @@ fn child_main() -> i32 {
     }
     // SAFETY: the parent computed `entry` from a value of type `Entry` in a binary whose
     // identity we just matched with ours, so this address holds that very function.
-    let entry: Entry = unsafe { std::mem::transmute::<usize, Entry>(identity::addr_of(start.entry)) };
+    let entry: Entry =
+        unsafe { std::mem::transmute::<usize, Entry>(identity::addr_of(start.entry)) };
     entry(identity::addr_of(start.function), &mut control)
 }
 
@@ -143,7 +144,10 @@ fn install_panic_reporter(socket: Arc<SocketFd>, last: Arc<Mutex<Option<PanicRep
 }
 
 /// Receives the argument, runs `call` with panics reported, and reports the result.
-fn run_reported<A: DeserializeOwned, R: Serialize>(control: &mut Control, call: impl FnOnce(A) -> R) -> i32 {
+fn run_reported<A: DeserializeOwned, R: Serialize>(
+    control: &mut Control,
+    call: impl FnOnce(A) -> R,
+) -> i32 {
     let arg: A = match control.read.recv_blocking(None) {
         Some(Ok(arg)) => arg,
         Some(Err(err)) => {
@@ -171,7 +175,10 @@ fn run_reported<A: DeserializeOwned, R: Serialize>(control: &mut Control, call: 
 }
 
 /// The entry for a plain `fn(A) -> R`.
-pub(crate) fn run_sync<A: DeserializeOwned, R: Serialize>(function: usize, control: &mut Control) -> i32 {
+pub(crate) fn run_sync<A: DeserializeOwned, R: Serialize>(
+    function: usize,
+    control: &mut Control,
+) -> i32 {
     // SAFETY: the parent took `function` from a `fn(A) -> R` and paired it with this very
     // instantiation of `run_sync::<A, R>`; the identity check proved the binary is the same.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
@@ -188,10 +195,15 @@ where
 {
     // SAFETY: as for `run_sync`, with `fn(A) -> F` paired with `run_async::<A, F, R>`.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> F>(function) };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
-            control.report(&Outcome::<()>::Refused(format!("cannot start a runtime: {err}")));
+            control.report(&Outcome::<()>::Refused(format!(
+                "cannot start a runtime: {err}"
+            )));
             return EXIT_FAILED;
         }
     };

@@ -84,7 +84,11 @@ fn elf_build_id(file: &File) -> io::Result<Option<Vec<u8>>> {
     if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
         return Ok(None);
     }
-    let (phoff, phentsize, phnum) = (u64_at(&header, 0x20), u16_at(&header, 0x36), u16_at(&header, 0x38));
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 0x20),
+        u16_at(&header, 0x36),
+        u16_at(&header, 0x38),
+    );
     if phentsize < 56 || phnum > 512 {
         return Ok(None);
     }
@@ -181,7 +185,10 @@ mod tests {
 
     #[test]
     fn truncated_notes_are_ignored() {
-        assert_eq!(find_build_id(&[1, 0, 0, 0, 255, 255, 0, 0, 3, 0, 0, 0]), None);
+        assert_eq!(
+            find_build_id(&[1, 0, 0, 0, 255, 255, 0, 0, 3, 0, 0, 0]),
+            None
+        );
         assert_eq!(find_build_id(&[]), None);
     }
 }

@@ -115,7 +115,11 @@ fn warm_up_child(_: ()) {}
 /// Spawns and joins one child, so that process-wide state created once (a signal
 /// pipe, cached identity) exists before the baseline is taken.
 pub async fn warm_up() {
-    multiprocess::spawn_process(warm_up_child, ()).unwrap().join().await.unwrap();
+    multiprocess::spawn_process(warm_up_child, ())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
 }
 
 /// Waits for an arbitrary process (not necessarily our child) to exit, through a pidfd
