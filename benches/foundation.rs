@@ -1,1 +1,236 @@
-fn main() {}
+//! Spawn latency, round-trip latency and bulk throughput, each beside its floor.
+//!
+//! Run everything and print the table with `benches/run.sh`; by hand:
+//!
+//! ```text
+//! cargo bench --bench foundation -- spawn
+//! cargo bench --bench foundation -- bulk
+//! taskset -c 0 cargo bench --bench foundation -- roundtrip
+//! python3 benches/report.py
+//! ```
+//!
+//! Floors, measured in the same run:
+//! - spawn: `std::process::Command` re-executing this very binary, which exits on
+//!   entering `main` (a bare re-exec, the least any exec-based start can cost);
+//! - roundtrip: two processes ping-ponging 64 bytes over a blocking socketpair;
+//! - bulk: one process streaming 1 MiB writes over a blocking socketpair to another.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use multiprocess::{Connection, PassFd, spawn_process};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+const BARE_REEXEC: &str = "MULTIPROCESS_BENCH_BARE_REEXEC";
+const SMALL: usize = 64;
+const BULK: usize = 1 << 20;
+
+fn trivial(x: u32) -> u32 {
+    x + 1
+}
+
+/// Child side of the framed round trip: echo until hung up.
+fn framed_echo(mut conn: Connection<ByteBuf, ByteBuf>) {
+    while let Ok(msg) = conn.recv_blocking() {
+        if conn.send_blocking(msg).is_err() {
+            break;
+        }
+    }
+}
+
+/// Child side of the floor round trip: blocking echo of fixed 64-byte messages.
+fn raw_echo(PassFd(fd): PassFd) {
+    let mut socket = UnixStream::from(fd);
+    let mut buf = [0u8; SMALL];
+    while socket.read_exact(&mut buf).is_ok() {
+        if socket.write_all(&buf).is_err() {
+            break;
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Bulk {
+    Data(ByteBuf),
+    Sync,
+}
+
+/// The sender's view of [`Bulk`]: the same bytes on the wire, borrowing the payload so
+/// that the benchmark measures the transfer, not a clone per message.
+#[derive(Serialize)]
+enum BulkRef {
+    Data(&'static serde_bytes::Bytes),
+    Sync,
+}
+
+/// A plain socketpair configured like ours (same buffer sizes), for the floors.
+fn floor_pair() -> (UnixStream, UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (a, b) = UnixStream::pair().unwrap();
+    for s in [&a, &b] {
+        setsockopt(s, sockopt::SndBuf, &(1 << 20)).unwrap();
+        setsockopt(s, sockopt::RcvBuf, &(1 << 20)).unwrap();
+    }
+    (a, b)
+}
+
+/// Child side of the framed bulk stream: consume, answer each `Sync`.
+fn framed_sink(mut conn: Connection<(), Bulk>) {
+    while let Ok(msg) = conn.recv_blocking() {
+        if let Bulk::Sync = msg {
+            if conn.send_blocking(()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Child side of the floor bulk stream: read a count, then that many MiB, then ack.
+fn raw_sink(PassFd(fd): PassFd) {
+    let mut socket = UnixStream::from(fd);
+    let mut buf = vec![0u8; BULK];
+    let mut count = [0u8; 8];
+    while socket.read_exact(&mut count).is_ok() {
+        for _ in 0..u64::from_le_bytes(count) {
+            if socket.read_exact(&mut buf).is_err() {
+                return;
+            }
+        }
+        if socket.write_all(&[1]).is_err() {
+            return;
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn bench_spawn(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("spawn");
+    group.sample_size(50).measurement_time(Duration::from_secs(8));
+    group.bench_function("floor: Command re-exec + wait", |b| {
+        b.iter(|| {
+            let status = std::process::Command::new("/proc/self/exe")
+                .env(BARE_REEXEC, "1")
+                .status()
+                .unwrap();
+            assert!(status.success());
+        })
+    });
+    group.bench_function("spawn_process + join", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut child = spawn_process(trivial, 1).unwrap();
+            assert_eq!(child.join().await.unwrap(), 2);
+        })
+    });
+    group.finish();
+}
+
+fn bench_roundtrip(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("roundtrip");
+    group.throughput(Throughput::Elements(1));
+
+    let (ours, theirs) = floor_pair();
+    let mut floor_child = spawn_process(raw_echo, PassFd(OwnedFd::from(theirs))).unwrap();
+    let mut socket = ours;
+    let mut buf = [7u8; SMALL];
+    group.bench_function("floor: blocking socketpair 64 B", |b| {
+        b.iter(|| {
+            socket.write_all(&buf).unwrap();
+            socket.read_exact(&mut buf).unwrap();
+        })
+    });
+    drop(socket);
+
+    let (mut conn, child_end) = multiprocess::pipe::<ByteBuf, ByteBuf>().unwrap();
+    let mut echo_child = spawn_process(framed_echo, child_end).unwrap();
+    let mut msg = Some(ByteBuf::from(vec![7u8; SMALL]));
+    group.bench_function("Connection 64 B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut m = msg.take().unwrap();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    conn.send(m).await.unwrap();
+                    m = conn.recv().await.unwrap();
+                }
+                let elapsed = start.elapsed();
+                msg = Some(m);
+                elapsed
+            })
+        })
+    });
+    drop(conn);
+    group.finish();
+    rt.block_on(async {
+        echo_child.join().await.unwrap();
+        floor_child.join().await.unwrap();
+    });
+}
+
+fn bench_bulk(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("bulk");
+    group.throughput(Throughput::Bytes(BULK as u64));
+
+    let (ours, theirs) = floor_pair();
+    let mut floor_child = spawn_process(raw_sink, PassFd(OwnedFd::from(theirs))).unwrap();
+    let mut socket = ours;
+    let chunk = vec![3u8; BULK];
+    group.bench_function("floor: blocking socketpair 1 MiB", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            socket.write_all(&iters.to_le_bytes()).unwrap();
+            for _ in 0..iters {
+                socket.write_all(&chunk).unwrap();
+            }
+            socket.read_exact(&mut [0u8; 1]).unwrap();
+            start.elapsed()
+        })
+    });
+    drop(socket);
+
+    // Two types on the wire that agree, so both ends are made from one socketpair.
+    let (ours, theirs) = floor_pair();
+    let mut conn = Connection::<BulkRef, ()>::from_fd(OwnedFd::from(ours)).unwrap();
+    let child_end = Connection::<(), Bulk>::from_fd(OwnedFd::from(theirs)).unwrap();
+    let mut sink_child = spawn_process(framed_sink, child_end).unwrap();
+    let payload: &'static serde_bytes::Bytes = serde_bytes::Bytes::new(chunk.leak());
+    group.bench_function("Connection 1 MiB", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    conn.send(BulkRef::Data(payload)).await.unwrap();
+                }
+                conn.send(BulkRef::Sync).await.unwrap();
+                conn.recv().await.unwrap();
+                start.elapsed()
+            })
+        })
+    });
+    drop(conn);
+    group.finish();
+    rt.block_on(async {
+        sink_child.join().await.unwrap();
+        floor_child.join().await.unwrap();
+    });
+}
+
+fn main() {
+    if std::env::var_os(BARE_REEXEC).is_some() {
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench_spawn(&mut c);
+    bench_roundtrip(&mut c);
+    bench_bulk(&mut c);
+    c.final_summary();
+}

@@ -46,7 +46,7 @@ pub enum Error {
     /// The child exited with `code` before producing a result (a function child that
     /// calls `std::process::exit(0)` reports code 0 here), or an external program
     /// exited non-zero.
-    #[error("child exited with code {code} without a result")]
+    #[error("child exited with code {code}")]
     Exited {
         /// The exit code.
         code: i32,

@@ -9,7 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
@@ -118,30 +118,25 @@ pub(crate) fn waitpid_nohang(pid: u32) -> io::Result<Option<ExitStatus>> {
     }
 }
 
-/// A connected pair of close-on-exec Unix stream sockets.
+/// Socket buffer size we ask for (the kernel doubles it and caps it at
+/// `net.core.wmem_max`/`rmem_max`): room for a large message in flight, so a writer
+/// rarely waits for its reader. Memory is only used as data is queued.
+pub(crate) const SOCKET_BUFFER: usize = 1 << 20;
+
+/// A connected pair of close-on-exec Unix stream sockets with large buffers.
 pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    socketpair(
+    let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Sets or clears `O_NONBLOCK`. Note that the flag belongs to the open file description,
-/// which every process holding a copy of the descriptor shares.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
-    let wanted = if nonblocking {
-        flags | OFlag::O_NONBLOCK
-    } else {
-        flags - OFlag::O_NONBLOCK
-    };
-    if wanted != flags {
-        fcntl(fd, FcntlArg::F_SETFL(wanted))?;
+    )?;
+    for fd in [&a, &b] {
+        // A smaller buffer only costs speed, so failing to enlarge it is no error.
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBuf, &SOCKET_BUFFER);
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::RcvBuf, &SOCKET_BUFFER);
     }
-    Ok(())
+    Ok((a, b))
 }
 
 /// Duplicates `fd` to a new close-on-exec descriptor numbered at least `min`.
@@ -182,11 +177,33 @@ pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
     dup2_inheritable(null.as_raw_fd(), 0)
 }
 
+/// How a socket call treats an empty (or full) socket. Our sockets stay in blocking
+/// mode; the async paths ask for non-blocking behaviour per call, so that the blocking
+/// paths can simply block (one syscall, no `poll`) and a descriptor shared with another
+/// process behaves the same for both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Fail with `WouldBlock` instead of waiting.
+    No,
+    /// Block the calling thread.
+    Block,
+}
+
+impl Wait {
+    fn flags(self) -> MsgFlags {
+        match self {
+            Wait::No => MsgFlags::MSG_DONTWAIT,
+            Wait::Block => MsgFlags::empty(),
+        }
+    }
+}
+
 /// Sends `bufs` with `fds` attached as `SCM_RIGHTS`. Never raises `SIGPIPE`.
 pub(crate) fn send_with_fds(
     socket: BorrowedFd<'_>,
     bufs: &[IoSlice<'_>],
     fds: &[RawFd],
+    wait: Wait,
 ) -> io::Result<usize> {
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
@@ -195,7 +212,7 @@ pub(crate) fn send_with_fds(
             socket.as_raw_fd(),
             bufs,
             cmsgs,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_NOSIGNAL | wait.flags(),
             None,
         ) {
             Ok(n) => return Ok(n),
@@ -211,6 +228,7 @@ pub(crate) fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
+    wait: Wait,
 ) -> io::Result<usize> {
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
     let mut iov = [IoSliceMut::new(buf)];
@@ -219,7 +237,7 @@ pub(crate) fn recv_with_fds(
             socket.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_CMSG_CLOEXEC | wait.flags(),
         ) {
             Ok(msg) => break msg,
             Err(Errno::EINTR) => continue,

@@ -13,11 +13,12 @@ use std::task::{Context, Poll, ready};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::wire::{self, HEADER_LEN};
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::sys::{self, Wait};
 
 /// The smallest read we issue, so that many small frames arrive in one syscall.
 const READ_CHUNK: usize = 64 << 10;
@@ -36,7 +37,13 @@ impl AsRawFd for Raw {
     }
 }
 
-/// The socket both halves share; registered with the reactor on first async use.
+/// The socket both halves share; registered with the reactor on first async read.
+///
+/// The shared registration asks for readability only. Were it to ask for writability
+/// too, every time the peer drained some bytes the reactor would wake us for nothing
+/// (an `EPOLLOUT` edge), which costs two context switches per round trip on one CPU.
+/// A writer that finds the socket full registers a duplicate descriptor for
+/// writability instead, and only until the buffer is flushed.
 pub(crate) struct SocketFd {
     // Declared before `fd` so it deregisters before the descriptor closes.
     registration: OnceLock<AsyncFd<Raw>>,
@@ -46,7 +53,6 @@ pub(crate) struct SocketFd {
 
 impl SocketFd {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<SocketFd>> {
-        sys::set_nonblocking(fd.as_fd(), true)?;
         Ok(Arc::new(SocketFd {
             registration: OnceLock::new(),
             registering: Mutex::new(()),
@@ -74,7 +80,8 @@ impl SocketFd {
         let raw = Raw(self.fd.as_raw_fd());
         // SAFETY: `self.fd` owns the descriptor and is dropped only after the
         // registration (field order), so it stays open and the same while registered.
-        let reg = unsafe { AsyncFd::register(raw) }.map_err(|e| e.into_parts().1)?;
+        let reg = unsafe { AsyncFd::register_with_interest(raw, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         Ok(self.registration.get_or_init(|| reg))
     }
 }
@@ -215,10 +222,13 @@ impl ReadHalf {
         }
     }
 
-    fn read_once_with_fds(&mut self, fd: BorrowedFd<'_>) -> Result<bool> {
+    /// One `recvmsg`. Returns the bytes read and the room that was offered (a short read
+    /// means the socket is drained); end of stream is recorded in the state.
+    fn read_once(&mut self, fd: BorrowedFd<'_>, wait: Wait) -> Result<(usize, usize)> {
         self.reserve_for_next_read();
+        let offered = self.buf.len() - self.end;
         let mut fds = Vec::new();
-        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], &mut fds) {
+        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], &mut fds, wait) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -229,14 +239,12 @@ impl ReadHalf {
         self.end += got;
         self.fds.extend(fds);
         if self.fds.len() > MAX_QUEUED_FDS {
-            return self.fail(Error::Protocol(
-                "peer sent descriptors without frames".into(),
-            ));
+            return self.fail(Error::Protocol("peer sent descriptors without frames".into()));
         }
         if got == 0 {
             self.state = ReadState::Eof;
         }
-        Ok(got > 0)
+        Ok((got, offered))
     }
 
     /// Polls for the next frame. `Ready(None)` once the peer closed cleanly or after a
@@ -261,7 +269,10 @@ impl ReadHalf {
                 Ok(guard) => guard,
                 Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
             };
-            match self.read_once_with_fds(sock.fd()) {
+            match self.read_once(sock.fd(), Wait::No) {
+                // A short read drained the socket: wait for the reactor rather than
+                // spend a syscall learning that again.
+                Ok((got, offered)) if got > 0 && got < offered => guard.clear_ready(),
                 Ok(_) => {}
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) => return Poll::Ready(Some(Err(e))),
@@ -284,13 +295,21 @@ impl ReadHalf {
                 return self.at_eof();
             }
             let sock = self.sock.clone();
-            match self.read_once_with_fds(sock.fd()) {
-                Ok(_) => continue,
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Some(Err(e)),
+            if deadline.is_some() {
+                if let Err(e) = wait_ready(sock.fd(), false, deadline, timeout) {
+                    return Some(Err(e));
+                }
             }
-            if let Err(e) = wait_ready(sock.fd(), false, deadline, timeout) {
-                return Some(Err(e));
+            let wait = if deadline.is_some() { Wait::No } else { Wait::Block };
+            match self.read_once(sock.fd(), wait) {
+                Ok(_) => {}
+                // Someone made the socket non-blocking (it is shared): wait by hand.
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = wait_ready(sock.fd(), false, deadline, timeout) {
+                        return Some(Err(e));
+                    }
+                }
+                Err(e) => return Some(Err(e)),
             }
         }
     }
@@ -307,7 +326,7 @@ impl ReadHalf {
                 return self.at_eof();
             }
             let sock = self.sock.clone();
-            match self.read_once_with_fds(sock.fd()) {
+            match self.read_once(sock.fd(), Wait::No) {
                 Ok(_) => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) => return Some(Err(e)),
@@ -347,6 +366,8 @@ pub(crate) struct WriteHalf {
     // (offset of a frame in `buf`, the descriptors it carries), in offset order.
     fd_marks: VecDeque<(usize, Vec<OwnedFd>)>,
     max_frame_len: usize,
+    // Present only while a flush waits for room in the socket buffer.
+    writable: Option<AsyncFd<OwnedFd>>,
 }
 
 impl WriteHalf {
@@ -357,6 +378,7 @@ impl WriteHalf {
             pos: 0,
             fd_marks: VecDeque::new(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+            writable: None,
         }
     }
 
@@ -387,7 +409,8 @@ impl WriteHalf {
     }
 
     /// One `sendmsg` of the bytes up to the next frame that carries descriptors.
-    fn write_once(&mut self) -> io::Result<()> {
+    /// Returns whether everything offered was taken.
+    fn write_once(&mut self, wait: Wait) -> io::Result<bool> {
         let fds: Vec<RawFd> = match self.fd_marks.front() {
             Some((offset, fds)) if *offset == self.pos => {
                 fds.iter().map(|f| f.as_raw_fd()).collect()
@@ -400,11 +423,9 @@ impl WriteHalf {
             .map(|(offset, _)| *offset)
             .find(|offset| *offset > self.pos)
             .unwrap_or(self.buf.len());
-        let n = sys::send_with_fds(
-            self.sock.fd(),
-            &[IoSlice::new(&self.buf[self.pos..stop])],
-            &fds,
-        )?;
+        let offered = &self.buf[self.pos..stop];
+        let n = sys::send_with_fds(self.sock.fd(), &[IoSlice::new(offered)], &fds, wait)?;
+        let complete = n == offered.len();
         if !fds.is_empty() && n > 0 {
             self.fd_marks.pop_front();
         }
@@ -416,29 +437,54 @@ impl WriteHalf {
                 self.buf = Vec::new();
             }
         }
-        Ok(())
+        Ok(complete)
     }
 
     /// Writes out everything buffered.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         while self.buffered() > 0 {
-            let sock = self.sock.clone();
-            let reg = sock.registration().map_err(Error::Io)?;
-            let mut guard = ready!(reg.poll_write_ready(cx)).map_err(Error::Io)?;
-            match self.write_once() {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            let full = match self.write_once(Wait::No) {
+                Ok(complete) => !complete,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) => return Poll::Ready(Err(Error::from_io(e))),
+            };
+            if full {
+                ready!(self.poll_room(cx))?;
             }
         }
+        // Nothing left to wait for: stop hearing about writability.
+        self.writable = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits until the socket has room again, registering for writability on first need.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.writable.is_none() {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Poll::Ready(Err(Error::Io(io::Error::other(
+                    "async I/O outside a tokio runtime; use the *_blocking methods instead",
+                ))));
+            }
+            let dup = sys::dup_cloexec(self.sock.fd(), 3)?;
+            // SAFETY: the `AsyncFd` owns this duplicate, so it stays open and the same
+            // descriptor for as long as it is registered.
+            let reg = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
+                .map_err(|e| Error::Io(e.into_parts().1))?;
+            self.writable = Some(reg);
+        }
+        let reg = self.writable.as_ref().expect("registered above");
+        let mut guard = ready!(reg.poll_write_ready(cx)).map_err(Error::Io)?;
+        // Ready once is enough to try again; a later full buffer waits anew.
+        guard.clear_ready();
         Poll::Ready(Ok(()))
     }
 
     /// Writes out everything buffered, blocking the calling thread.
     pub(crate) fn flush_blocking(&mut self) -> Result<()> {
         while self.buffered() > 0 {
-            match self.write_once() {
-                Ok(()) => {}
+            match self.write_once(Wait::Block) {
+                Ok(_) => {}
+                // Someone made the shared socket non-blocking: wait by hand.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let sock = self.sock.clone();
                     wait_ready(sock.fd(), true, None, None)?;
@@ -453,8 +499,8 @@ impl WriteHalf {
     /// went out.
     pub(crate) fn flush_now(&mut self) -> Result<bool> {
         while self.buffered() > 0 {
-            match self.write_once() {
-                Ok(()) => {}
+            match self.write_once(Wait::No) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(Error::from_io(e)),
             }
