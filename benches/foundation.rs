@@ -107,13 +107,18 @@ fn raw_sink(PassFd(fd): PassFd) {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn bench_spawn(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("spawn");
-    group.sample_size(50).measurement_time(Duration::from_secs(8));
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(8));
     group.bench_function("floor: Command re-exec + wait", |b| {
         b.iter(|| {
             let status = std::process::Command::new("/proc/self/exe")
@@ -149,6 +154,28 @@ fn bench_roundtrip(c: &mut Criterion) {
     });
     drop(socket);
 
+    // The same ping-pong from tokio without framing: what async I/O itself costs.
+    let (ours, theirs) = floor_pair();
+    let mut tokio_child = spawn_process(raw_echo, PassFd(OwnedFd::from(theirs))).unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut stream = rt
+        .block_on(async { tokio::net::UnixStream::from_std(ours) })
+        .unwrap();
+    group.bench_function("reference: tokio UnixStream 64 B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let start = Instant::now();
+                for _ in 0..iters {
+                    stream.write_all(&buf).await.unwrap();
+                    stream.read_exact(&mut buf).await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    drop(stream);
+
     let (mut conn, child_end) = multiprocess::pipe::<ByteBuf, ByteBuf>().unwrap();
     let mut echo_child = spawn_process(framed_echo, child_end).unwrap();
     let mut msg = Some(ByteBuf::from(vec![7u8; SMALL]));
@@ -172,6 +199,7 @@ fn bench_roundtrip(c: &mut Criterion) {
     rt.block_on(async {
         echo_child.join().await.unwrap();
         floor_child.join().await.unwrap();
+        tokio_child.join().await.unwrap();
     });
 }
 

@@ -44,7 +44,9 @@ async fn main() -> multiprocess::Result<()> {
 
     // 2. A pipe handed to the child inside its argument, like Python's Pipe().
     let (mut conn, child_end) = multiprocess::pipe::<String, usize>()?;
-    let mut talker = Process::builder().name("word-lengths").spawn(word_lengths, child_end)?;
+    let mut talker = Process::builder()
+        .name("word-lengths")
+        .spawn(word_lengths, child_end)?;
     for word in ["process", "pipe", "tokio"] {
         conn.send(word.to_string()).await?;
         println!("[pipe] {word:>8} -> {} letters", conn.recv().await?);
@@ -71,7 +73,12 @@ async fn main() -> multiprocess::Result<()> {
         .await
         .unwrap_err();
     println!("[panic] {err}");
-    let err = Command::new("sh").args(["-c", "exit 3"]).spawn()?.join().await.unwrap_err();
+    let err = Command::new("sh")
+        .args(["-c", "exit 3"])
+        .spawn()?
+        .join()
+        .await
+        .unwrap_err();
     println!("[command] sh -c 'exit 3': {err}");
 
     // 5. Graceful shutdown: SIGTERM, a grace period, then SIGKILL if needed.

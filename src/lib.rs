@@ -69,7 +69,9 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use exit::{Reaper, reaper};
-pub use ipc::{Connection, DEFAULT_MAX_FRAME_LEN, PassFd, Receiver, Sender, channel, pipe};
+pub use ipc::{
+    Connection, DEFAULT_MAX_FRAME_LEN, FrameCodec, PassFd, Receiver, Sender, channel, pipe,
+};
 pub use process::{Command, Process, ProcessBuilder, spawn_process};
 
 /// Signals, as accepted by [`Process::signal`].

@@ -102,6 +102,7 @@ pub(crate) struct ReadHalf {
     start: usize,
     end: usize,
     fds: VecDeque<OwnedFd>,
+    control: Vec<u8>,
     max_frame_len: usize,
     state: ReadState,
 }
@@ -114,6 +115,7 @@ impl ReadHalf {
             start: 0,
             end: 0,
             fds: VecDeque::new(),
+            control: sys::control_buffer(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
             state: ReadState::Open,
         }
@@ -228,7 +230,8 @@ impl ReadHalf {
         self.reserve_for_next_read();
         let offered = self.buf.len() - self.end;
         let mut fds = Vec::new();
-        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], &mut fds, wait) {
+        let space = &mut self.control;
+        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], space, &mut fds, wait) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -239,7 +242,9 @@ impl ReadHalf {
         self.end += got;
         self.fds.extend(fds);
         if self.fds.len() > MAX_QUEUED_FDS {
-            return self.fail(Error::Protocol("peer sent descriptors without frames".into()));
+            return self.fail(Error::Protocol(
+                "peer sent descriptors without frames".into(),
+            ));
         }
         if got == 0 {
             self.state = ReadState::Eof;
@@ -300,7 +305,11 @@ impl ReadHalf {
                     return Some(Err(e));
                 }
             }
-            let wait = if deadline.is_some() { Wait::No } else { Wait::Block };
+            let wait = if deadline.is_some() {
+                Wait::No
+            } else {
+                Wait::Block
+            };
             match self.read_once(sock.fd(), wait) {
                 Ok(_) => {}
                 // Someone made the socket non-blocking (it is shared): wait by hand.
