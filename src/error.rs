@@ -94,6 +94,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A pool worker died (killed by a signal or exited) while running this task. The
+    /// pool has replaced it.
+    #[error("pool worker {pid} died while running the task ({})", describe_death(*.signal, *.code))]
+    WorkerDied {
+        /// The worker's process id.
+        pid: u32,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+    },
+    /// The pool was closed or terminated before the task could run.
+    #[error("the pool is closed")]
+    PoolClosed,
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,
@@ -117,6 +131,14 @@ fn location_suffix(location: &Option<String>) -> String {
         .as_ref()
         .map(|l| format!(" at {l}"))
         .unwrap_or_default()
+}
+
+fn describe_death(signal: Option<i32>, code: Option<i32>) -> String {
+    match (signal, code) {
+        (Some(signal), _) => format!("signal {signal} ({})", signal_name(signal)),
+        (None, Some(code)) => format!("exit code {code}"),
+        (None, None) => "unknown cause".to_string(),
+    }
 }
 
 /// The conventional name of a signal number, for messages.

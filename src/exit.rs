@@ -206,6 +206,38 @@ impl ExitWatch {
     }
 }
 
+/// Signals a child from anywhere, after its watch may have moved on: through a
+/// duplicate of its pidfd, or under the SIGCHLD slot's lock, so never to a recycled pid.
+pub(crate) enum Signaller {
+    Pidfd(OwnedFd),
+    Sigchld(u32, Arc<Slot>),
+    Reaped,
+}
+
+impl Signaller {
+    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+        let result = match self {
+            Signaller::Pidfd(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
+            Signaller::Sigchld(pid, slot) => slot.signal(*pid, signal),
+            Signaller::Reaped => Ok(()),
+        };
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl ExitWatch {
+    pub(crate) fn signaller(&self) -> io::Result<Signaller> {
+        Ok(match self.kind.as_ref() {
+            Some(Kind::Pidfd(pidfd)) => Signaller::Pidfd(sys::dup_cloexec(pidfd.fd(), 3)?),
+            Some(Kind::Sigchld(slot)) => Signaller::Sigchld(self.pid, slot.clone()),
+            None => Signaller::Reaped,
+        })
+    }
+}
+
 impl Drop for ExitWatch {
     fn drop(&mut self) {
         let Some(kind) = self.kind.take() else { return };
@@ -271,7 +303,7 @@ pub(crate) fn reap_orphans() {
 
 // ---- SIGCHLD backend ----
 
-struct Slot {
+pub(crate) struct Slot {
     status: Mutex<Option<ExitStatus>>,
     waker: AtomicWaker,
     orphan: AtomicBool,

@@ -63,6 +63,7 @@
 mod error;
 mod exit;
 mod ipc;
+mod pool;
 mod process;
 mod start;
 mod sys;
@@ -71,6 +72,9 @@ pub use error::{Error, Result};
 pub use exit::{Reaper, reaper};
 pub use ipc::{
     Connection, DEFAULT_MAX_FRAME_LEN, FrameCodec, PassFd, Receiver, Sender, channel, pipe,
+};
+pub use pool::{
+    CancelRunning, PoolBuilder, PoolStats, ProcessPool, StatefulPool, TaskHandle, Worker,
 };
 pub use process::{Command, Process, ProcessBuilder, spawn_process};
 

@@ -156,6 +156,16 @@ impl<S, R> Connection<S, R> {
         self.write.set_max_frame_len(max);
     }
 
+    /// The same socket seen with other message types (both ends must agree on what the
+    /// bytes mean).
+    pub(crate) fn retype<S2, R2>(self) -> Connection<S2, R2> {
+        Connection {
+            read: self.read,
+            write: self.write,
+            _types: PhantomData,
+        }
+    }
+
     /// Splits the connection into its sending and receiving halves, which can then be
     /// used from different tasks.
     ///
@@ -361,6 +371,27 @@ impl<T: Serialize> Sender<T> {
     pub fn send_blocking(&mut self, message: T) -> Result<()> {
         self.write.encode(&message)?;
         self.write.flush_blocking()
+    }
+
+    /// Shuts down the sending direction: the peer reads end of stream once it has read
+    /// everything sent before, even if other copies of the socket (the receiving half of
+    /// a split connection, say) stay open.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (a, mut b) = multiprocess::pipe::<u8, u8>()?;
+    /// let (mut tx, _rx) = a.split();
+    /// tx.send(1).await?;
+    /// tx.close().await?;
+    /// assert_eq!(b.recv().await?, 1);
+    /// assert!(matches!(b.recv().await, Err(multiprocess::Error::Disconnected)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn close(&mut self) -> Result<()> {
+        futures::future::poll_fn(|cx| self.write.poll_flush(cx)).await?;
+        self.write.shutdown()
     }
 
     /// Sets the largest frame this end sends (default 256 MiB).

@@ -488,6 +488,17 @@ impl WriteHalf {
         Poll::Ready(Ok(()))
     }
 
+    /// Shuts the socket down for writing: the peer sees end of stream.
+    pub(crate) fn shutdown(&mut self) -> Result<()> {
+        match nix::sys::socket::shutdown(
+            self.sock.fd().as_raw_fd(),
+            nix::sys::socket::Shutdown::Write,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+            Err(e) => Err(Error::Io(e.into())),
+        }
+    }
+
     /// Writes out everything buffered, blocking the calling thread.
     pub(crate) fn flush_blocking(&mut self) -> Result<()> {
         while self.buffered() > 0 {

@@ -109,6 +109,39 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     Ok(fds)
 }
 
+/// Encodes `value` on its own (no frame header), returning the bytes and the
+/// descriptors it carries; for payloads nested inside another message.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut out = Vec::new();
+    let (encoded, fds) = with_outgoing_fds(|| {
+        postcard::serialize_with_flavor(value, VecFlavor(&mut out)).map_err(|e| e.to_string())
+    });
+    encoded.map_err(Error::Encode)?;
+    Ok((out, fds))
+}
+
+/// Serializes borrowed descriptors as a sequence, the way a `Vec<PassFd>` serializes.
+pub(crate) struct FdsOut<'a>(pub(crate) &'a [OwnedFd]);
+
+impl Serialize for FdsOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for fd in self.0 {
+            seq.serialize_element(&FdOut(fd.as_fd()))?;
+        }
+        seq.end()
+    }
+}
+
+struct FdOut<'a>(BorrowedFd<'a>);
+
+impl Serialize for FdOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, serializer)
+    }
+}
+
 /// Decodes a payload, handing `fds` to any descriptor-carrying values inside it.
 /// Descriptors the value does not claim are closed.
 pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8], fds: Vec<OwnedFd>) -> Result<T> {

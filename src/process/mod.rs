@@ -252,6 +252,11 @@ impl<R> Process<R> {
     pub fn signal(&self, signal: crate::Signal) -> Result<()> {
         Ok(self.watch.signal(signal as i32)?)
     }
+
+    /// A handle that can signal this child from elsewhere, safe against pid reuse.
+    pub(crate) fn signaller(&self) -> Result<crate::exit::Signaller> {
+        Ok(self.watch.signaller()?)
+    }
 }
 
 impl<R: DeserializeOwned> Process<R> {

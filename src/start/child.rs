@@ -110,13 +110,20 @@ fn die_with_parent(parent_pid: u32) -> bool {
         && nix::unistd::getppid().as_raw() as u32 == parent_pid
 }
 
-type PanicReport = Outcome<()>;
+/// The last panic of the function's thread: message and location.
+static LAST_PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+
+/// Takes the message and location of the last panic on the function's thread, for code
+/// that caught it (the crate's pool workers catch a task's panic and report it).
+pub(crate) fn take_last_panic() -> Option<(String, Option<String>)> {
+    LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
 
 /// Records a panic of the function's own thread as it happens. With `panic = "unwind"`
 /// the report is sent once the panic has escaped the function (a panic the function
 /// catches itself is no failure); with `panic = "abort"` there is no later, so the hook
 /// sends it at once.
-fn install_panic_reporter(socket: Arc<SocketFd>, last: Arc<Mutex<Option<PanicReport>>>) {
+fn install_panic_reporter(socket: Arc<SocketFd>) {
     let main_thread = std::thread::current().id();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -131,14 +138,13 @@ fn install_panic_reporter(socket: Arc<SocketFd>, last: Arc<Mutex<Option<PanicRep
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "Box<dyn Any>".to_string());
         let location = info.location().map(|l| l.to_string());
-        let report = Outcome::Panicked { message, location };
         if cfg!(panic = "abort") {
             let mut write = WriteHalf::new(socket.clone());
             flush_stdio();
-            let _ = write.encode(&report);
+            let _ = write.encode(&Outcome::<()>::Panicked { message, location });
             let _ = write.flush_blocking();
         } else {
-            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
         }
     }));
 }
@@ -156,19 +162,15 @@ fn run_reported<A: DeserializeOwned, R: Serialize>(
         }
         None => return EXIT_FAILED,
     };
-    let last_panic = Arc::new(Mutex::new(None));
-    install_panic_reporter(control.socket.clone(), last_panic.clone());
+    install_panic_reporter(control.socket.clone());
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(arg))) {
         Ok(value) => {
             control.report(&Outcome::Returned(value));
             0
         }
         Err(_) => {
-            let report = last_panic.lock().unwrap_or_else(|p| p.into_inner()).take();
-            control.report(&report.unwrap_or(Outcome::Panicked {
-                message: "panicked".into(),
-                location: None,
-            }));
+            let (message, location) = take_last_panic().unwrap_or(("panicked".into(), None));
+            control.report(&Outcome::<()>::Panicked { message, location });
             EXIT_PANICKED
         }
     }

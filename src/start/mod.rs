@@ -9,5 +9,5 @@ pub(crate) mod identity;
 pub(crate) mod protocol;
 pub(crate) mod spawn;
 
-pub(crate) use child::{Entry, run_async, run_sync};
+pub(crate) use child::{Entry, run_async, run_sync, take_last_panic};
 pub(crate) use spawn::{Spawned, spawn_function};

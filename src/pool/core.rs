@@ -1,0 +1,631 @@
+//! The pool's engine: a queue, a window of jobs per worker, and the bookkeeping that
+//! turns every way a worker can end into an answer for each job.
+//!
+//! State lives behind one mutex, held only for short, non-blocking sections. Each
+//! worker has two tasks: a writer feeding it jobs from its window and a reader taking
+//! its replies and, at the end, its exit status. One watchdog task enforces timeouts.
+//! Whatever happens to a worker, its reader reports the exit: the job it was running
+//! fails with the cause (timeout, signal, exit code), the jobs queued behind it go back
+//! to the front of the queue, and a new worker takes its place.
+
+use std::collections::VecDeque;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::protocol::{FromWorker, Hello, JobData, JobIn, JobOut, Reply};
+use crate::error::{Error, Result};
+use crate::exit::Signaller;
+use crate::ipc::Connection;
+use crate::process::Process;
+
+/// Starts one worker process given its end of the pipe.
+pub(crate) type SpawnWorker =
+    Box<dyn Fn(Connection<FromWorker, JobIn>) -> Result<Process<()>> + Send + Sync>;
+
+/// What to do with a task whose handle is dropped while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CancelRunning {
+    /// Let it finish and discard the result (the default).
+    #[default]
+    Finish,
+    /// Kill its worker (a new one takes its place).
+    KillWorker,
+}
+
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) window: usize,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) queue_capacity: usize,
+    pub(crate) cancel_running: CancelRunning,
+    pub(crate) spawn: SpawnWorker,
+}
+
+/// A snapshot of a pool's counters.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> multiprocess::Result<()> {
+/// let pool = multiprocess::ProcessPool::new(1).await?;
+/// pool.apply(|x: u8| x, 1).await?;
+/// let stats = pool.stats();
+/// assert_eq!((stats.workers, stats.completed), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker processes alive.
+    pub workers: usize,
+    /// Workers with at least one task.
+    pub busy: usize,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+    /// Tasks finished with a result (including a panic reported by a live worker).
+    pub completed: u64,
+    /// Tasks failed by their worker's death.
+    pub failed: u64,
+    /// Tasks failed by their timeout.
+    pub timed_out: u64,
+    /// Workers started to replace ones that died or were killed.
+    pub respawned: u64,
+    /// Workers retired after `max_tasks_per_worker` tasks and replaced.
+    pub recycled: u64,
+}
+
+/// Where a job's answer goes.
+struct Waiter {
+    reply: oneshot::Sender<Result<Vec<u8>>>,
+    timeout: Option<Duration>,
+}
+
+struct Queued {
+    job: Arc<JobData>,
+    waiter: Waiter,
+    // A place in the bounded queue, freed when the job leaves it. Jobs put back after
+    // their worker died hold none: they were admitted once already.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+struct Running {
+    job: Arc<JobData>,
+    waiter: Waiter,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KillReason {
+    Timeout(u64, Duration),
+    Cancelled(u64),
+    Terminate,
+}
+
+struct WorkerSlot {
+    key: u64,
+    pid: u32,
+    jobs: Option<mpsc::UnboundedSender<Arc<JobData>>>,
+    signaller: Signaller,
+    window: VecDeque<Running>,
+    head_deadline: Option<Instant>,
+    dispatched: u64,
+    ready: bool,
+    killed: Option<KillReason>,
+}
+
+impl WorkerSlot {
+    fn retiring(&self, max: Option<u64>) -> bool {
+        max.is_some_and(|max| self.dispatched >= max)
+    }
+
+    fn kill(&mut self, reason: KillReason) {
+        if self.killed.is_none() {
+            self.killed = Some(reason);
+            let _ = self.signaller.signal(libc::SIGKILL);
+        }
+    }
+
+    fn set_head_deadline(&mut self) {
+        self.head_deadline = self
+            .window
+            .front()
+            .and_then(|r| r.waiter.timeout)
+            .map(|t| Instant::now() + t);
+    }
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    workers: Vec<WorkerSlot>,
+    closing: bool,
+    terminated: bool,
+    init_error: Option<String>,
+    next_job: u64,
+    next_worker: u64,
+    stats: PoolStats,
+}
+
+pub(crate) struct Core {
+    state: Mutex<State>,
+    /// Free places in the queue; a queued job holds one.
+    pub(crate) space: Arc<Semaphore>,
+    /// Something changed that `close`, `terminate` or `build` may be waiting for.
+    changed: Notify,
+    /// A head-of-window deadline changed (shared with the watchdog, which holds the core
+    /// only weakly).
+    deadlines: Arc<Notify>,
+    config: Config,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config) -> Arc<Core> {
+        Arc::new(Core {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                workers: Vec::new(),
+                closing: false,
+                terminated: false,
+                init_error: None,
+                next_job: 1,
+                next_worker: 1,
+                stats: PoolStats::default(),
+            }),
+            space: Arc::new(Semaphore::new(config.queue_capacity)),
+            changed: Notify::new(),
+            deadlines: Arc::new(Notify::new()),
+            config,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn default_timeout(&self) -> Option<Duration> {
+        self.config.task_timeout
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.config.workers
+    }
+
+    pub(crate) fn window(&self) -> usize {
+        self.config.window
+    }
+
+    pub(crate) fn next_job_id(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_job += 1;
+        state.next_job
+    }
+
+    /// Starts the workers and the watchdog, and waits until every worker has said it is
+    /// ready (or one failed to initialise).
+    pub(crate) async fn start(self: &Arc<Core>) -> Result<()> {
+        for _ in 0..self.config.workers {
+            self.spawn_worker()?;
+        }
+        tokio::spawn(watchdog(Arc::downgrade(self), self.deadlines.clone()));
+        loop {
+            let changed = self.changed.notified();
+            {
+                let state = self.lock();
+                if let Some(err) = &state.init_error {
+                    return Err(Error::Bootstrap(format!(
+                        "worker initialisation failed: {err}"
+                    )));
+                }
+                if state.workers.iter().all(|w| w.ready) {
+                    return Ok(());
+                }
+            }
+            changed.await;
+        }
+    }
+
+    fn spawn_worker(self: &Arc<Core>) -> Result<()> {
+        let (ours, theirs) = crate::ipc::pipe::<JobOut, FromWorker>()?;
+        let process = (self.config.spawn)(theirs.retype())?;
+        let signaller = process.signaller()?;
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let pid = process.pid();
+        let key = {
+            let mut state = self.lock();
+            state.next_worker += 1;
+            let key = state.next_worker;
+            state.workers.push(WorkerSlot {
+                key,
+                pid,
+                jobs: Some(jobs_tx),
+                signaller,
+                window: VecDeque::new(),
+                head_deadline: None,
+                dispatched: 0,
+                ready: false,
+                killed: None,
+            });
+            key
+        };
+        tracing::debug!(pid, worker = key, "pool worker started");
+        let (tx, rx) = ours.split();
+        tokio::spawn(feed_worker(tx, jobs_rx));
+        tokio::spawn(read_worker(self.clone(), key, rx, process));
+        Ok(())
+    }
+
+    /// Queues a job whose queue place is already reserved.
+    pub(crate) fn enqueue(
+        &self,
+        job: Arc<JobData>,
+        timeout: Option<Duration>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>>>> {
+        let (reply, answer) = oneshot::channel();
+        let mut state = self.lock();
+        if state.closing {
+            return Err(Error::PoolClosed);
+        }
+        if let Some(err) = &state.init_error {
+            return Err(Error::Bootstrap(format!(
+                "worker initialisation failed: {err}"
+            )));
+        }
+        let waiter = Waiter { reply, timeout };
+        state.queue.push_back(Queued {
+            job,
+            waiter,
+            _permit: Some(permit),
+        });
+        self.dispatch(&mut state);
+        Ok(answer)
+    }
+
+    /// Hands queued jobs to workers with room in their window, least loaded first.
+    fn dispatch(&self, state: &mut State) {
+        let mut deadline_set = false;
+        while !state.queue.is_empty() {
+            let max = self.config.max_tasks_per_worker;
+            let window = self.config.window;
+            let Some(slot) = state
+                .workers
+                .iter_mut()
+                .filter(|w| w.ready && w.killed.is_none() && w.jobs.is_some() && !w.retiring(max))
+                .filter(|w| w.window.len() < window)
+                .min_by_key(|w| w.window.len())
+            else {
+                break;
+            };
+            let Queued { job, waiter, .. } = state.queue.pop_front().expect("queue not empty");
+            if waiter.reply.is_closed() {
+                continue; // Its handle was dropped while it waited.
+            }
+            // If the writer is gone the worker is dying; its reader will report the exit
+            // and the job is settled with the rest of its window.
+            if let Some(tx) = &slot.jobs {
+                let _ = tx.send(job.clone());
+            }
+            tracing::trace!(job = job.id, worker = slot.pid, "task dispatched");
+            slot.dispatched += 1;
+            slot.window.push_back(Running { job, waiter });
+            if slot.window.len() == 1 {
+                slot.set_head_deadline();
+                deadline_set = true;
+            }
+        }
+        if deadline_set {
+            self.deadlines.notify_one();
+        }
+    }
+
+    fn on_message(&self, key: u64, message: FromWorker) {
+        let mut state = self.lock();
+        match message {
+            FromWorker::Hello(Hello::Ready) => {
+                if let Some(slot) = state.workers.iter_mut().find(|w| w.key == key) {
+                    slot.ready = true;
+                }
+            }
+            FromWorker::Hello(Hello::InitFailed(err)) => {
+                tracing::warn!(worker = key, error = %err, "pool worker failed to initialise");
+                state.init_error.get_or_insert(err);
+                let failure = state.init_error.clone().unwrap_or_default();
+                for queued in state.queue.drain(..) {
+                    let _ = queued
+                        .waiter
+                        .reply
+                        .send(Err(Error::Bootstrap(failure.clone())));
+                }
+            }
+            FromWorker::Reply(reply) => self.on_reply(&mut state, key, reply),
+        }
+        self.dispatch(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn on_reply(&self, state: &mut State, key: u64, reply: Reply) {
+        let max = self.config.max_tasks_per_worker;
+        let Some(slot) = state.workers.iter_mut().find(|w| w.key == key) else {
+            return;
+        };
+        let Some(index) = slot.window.iter().position(|r| r.job.id == reply.id) else {
+            return;
+        };
+        let running = slot.window.remove(index).expect("index in range");
+        slot.set_head_deadline();
+        if slot.retiring(max) && slot.window.is_empty() {
+            // Its last task is done: hanging up makes it exit, and its reader replaces it.
+            slot.jobs = None;
+        }
+        let result = reply
+            .result
+            .map(|bytes| bytes.into_vec())
+            .map_err(Error::from);
+        let _ = running.waiter.reply.send(result);
+        state.stats.completed += 1;
+        self.deadlines.notify_one();
+    }
+
+    /// A worker has exited and been reaped: settle its jobs and replace it.
+    fn on_exit(self: &Arc<Core>, key: u64, status: ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        let respawn = {
+            let mut state = self.lock();
+            let Some(index) = state.workers.iter().position(|w| w.key == key) else {
+                return;
+            };
+            let mut slot = state.workers.swap_remove(index);
+            let retired = slot.retiring(self.config.max_tasks_per_worker)
+                && slot.window.is_empty()
+                && status.success();
+            if !slot.ready && slot.killed.is_none() && !state.closing {
+                // Dying before saying hello would make every replacement die the same way.
+                let failure = format!("worker {} exited during start-up ({status})", slot.pid);
+                tracing::error!("{failure}");
+                state.init_error.get_or_insert(failure.clone());
+                for queued in state.queue.drain(..) {
+                    let _ = queued
+                        .waiter
+                        .reply
+                        .send(Err(Error::Bootstrap(failure.clone())));
+                }
+            }
+            if let Some(head) = slot.window.pop_front() {
+                let error = match slot.killed {
+                    Some(KillReason::Timeout(id, after)) if id == head.job.id => {
+                        state.stats.timed_out += 1;
+                        tracing::warn!(
+                            job = id,
+                            worker = slot.pid,
+                            ?after,
+                            "task timed out; worker killed"
+                        );
+                        Error::Timeout { after }
+                    }
+                    Some(KillReason::Terminate) => Error::PoolClosed,
+                    // Nobody waits for a cancelled task's answer.
+                    Some(KillReason::Cancelled(id)) if id == head.job.id => Error::PoolClosed,
+                    _ => {
+                        state.stats.failed += 1;
+                        tracing::warn!(job = head.job.id, worker = slot.pid, %status, "worker died running a task");
+                        Error::WorkerDied {
+                            pid: slot.pid,
+                            signal: status.signal(),
+                            code: status.code(),
+                        }
+                    }
+                };
+                let _ = head.waiter.reply.send(Err(error));
+            }
+            // Jobs it had not started go back to the front, in their order.
+            while let Some(Running { job, waiter }) = slot.window.pop_back() {
+                if state.terminated {
+                    let _ = waiter.reply.send(Err(Error::PoolClosed));
+                    continue;
+                }
+                state.queue.push_front(Queued {
+                    job,
+                    waiter,
+                    _permit: None,
+                });
+            }
+            let replace = !state.terminated
+                && state.init_error.is_none()
+                && (!state.closing || !state.queue.is_empty());
+            if replace {
+                if retired {
+                    state.stats.recycled += 1;
+                } else {
+                    state.stats.respawned += 1;
+                }
+            }
+            tracing::debug!(worker = slot.pid, %status, retired, replace, "pool worker exited");
+            replace
+        };
+        if respawn {
+            if let Err(err) = self.spawn_worker() {
+                tracing::error!(error = %err, "could not start a replacement worker");
+                let mut state = self.lock();
+                if state.workers.is_empty() {
+                    for queued in state.queue.drain(..) {
+                        let _ = queued
+                            .waiter
+                            .reply
+                            .send(Err(Error::Bootstrap(err.to_string())));
+                    }
+                }
+            }
+        }
+        let mut state = self.lock();
+        self.dispatch(&mut state);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Removes a waiting job whose handle was dropped, or deals with a running one as
+    /// configured.
+    pub(crate) fn cancel(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(index) = state.queue.iter().position(|q| q.job.id == id) {
+            state.queue.remove(index);
+            return;
+        }
+        if self.config.cancel_running == CancelRunning::KillWorker {
+            for slot in state.workers.iter_mut() {
+                if slot.window.front().is_some_and(|r| r.job.id == id) {
+                    tracing::debug!(
+                        job = id,
+                        worker = slot.pid,
+                        "cancelled running task; killing worker"
+                    );
+                    slot.kill(KillReason::Cancelled(id));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        PoolStats {
+            workers: state.workers.len(),
+            busy: state
+                .workers
+                .iter()
+                .filter(|w| !w.window.is_empty())
+                .count(),
+            queued: state.queue.len(),
+            ..state.stats
+        }
+    }
+
+    /// Stops taking work, lets queued and running jobs finish, then lets workers exit.
+    pub(crate) async fn close(&self) {
+        self.lock().closing = true;
+        self.space.close();
+        loop {
+            let changed = self.changed.notified();
+            {
+                let mut state = self.lock();
+                let idle =
+                    state.queue.is_empty() && state.workers.iter().all(|w| w.window.is_empty());
+                if idle {
+                    for slot in state.workers.iter_mut() {
+                        slot.jobs = None; // End of stream: the worker exits.
+                    }
+                }
+                if state.workers.is_empty() {
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Kills every worker now; queued and running jobs fail with `PoolClosed`.
+    pub(crate) fn kill_all(&self) {
+        let mut state = self.lock();
+        state.closing = true;
+        state.terminated = true;
+        self.space.close();
+        for queued in state.queue.drain(..) {
+            let _ = queued.waiter.reply.send(Err(Error::PoolClosed));
+        }
+        for slot in state.workers.iter_mut() {
+            slot.jobs = None;
+            slot.kill(KillReason::Terminate);
+        }
+        drop(state);
+        self.deadlines.notify_one();
+    }
+
+    pub(crate) async fn terminate(&self) {
+        self.kill_all();
+        loop {
+            let changed = self.changed.notified();
+            if self.lock().workers.is_empty() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Kills workers whose running job is past its deadline; returns the next deadline.
+    fn enforce_deadlines(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut next: Option<Instant> = None;
+        for slot in state.workers.iter_mut() {
+            let (Some(deadline), Some(head)) = (slot.head_deadline, slot.window.front()) else {
+                continue;
+            };
+            if slot.killed.is_some() {
+                continue;
+            }
+            if deadline <= now {
+                let reason =
+                    KillReason::Timeout(head.job.id, head.waiter.timeout.unwrap_or_default());
+                slot.kill(reason);
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        next
+    }
+}
+
+async fn feed_worker(
+    mut tx: crate::ipc::Sender<JobOut>,
+    mut jobs: mpsc::UnboundedReceiver<Arc<JobData>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        if tx.send(JobOut(job)).await.is_err() {
+            return;
+        }
+    }
+    // The pool hung up: end of stream tells the worker to exit.
+    let _ = tx.close().await;
+}
+
+async fn read_worker(
+    core: Arc<Core>,
+    key: u64,
+    mut rx: crate::ipc::Receiver<FromWorker>,
+    mut process: Process<()>,
+) {
+    while let Ok(message) = rx.recv().await {
+        core.on_message(key, message);
+    }
+    let status = match process.wait().await {
+        Ok(status) => status,
+        Err(err) => {
+            tracing::error!(error = %err, "could not await a pool worker");
+            std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+        }
+    };
+    core.on_exit(key, status);
+}
+
+async fn watchdog(core: Weak<Core>, deadlines: Arc<Notify>) {
+    loop {
+        let notified = deadlines.notified();
+        let next = {
+            let Some(core) = core.upgrade() else { return };
+            if core.lock().terminated {
+                return;
+            }
+            core.enforce_deadlines()
+        };
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Messages between a pool and its workers.
+//!
+//! The pool's side of each worker is a byte stream of frames, with nothing that ties it
+//! to a local process beyond the optional descriptors, so a worker could as well sit
+//! behind a wrapper command (ssh, `srun`) running the same binary.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::Error;
+use crate::ipc::PassFd;
+use crate::ipc::wire::FdsOut;
+
+/// What a job asks a worker to do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub(crate) enum JobKind {
+    /// Call a plain function through its entry (both as offsets from the anchor).
+    Call { entry: i64, function: i64 },
+    /// Hand the payload to a stateful worker's `handle`.
+    Handle,
+}
+
+/// A job as the pool keeps it: shared between the queue and a worker's window, so a job
+/// requeued after its worker died is not copied.
+pub(crate) struct JobData {
+    pub(crate) id: u64,
+    pub(crate) kind: JobKind,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The pool's outgoing view of a job; serializes exactly as [`JobIn`] deserializes.
+pub(crate) struct JobOut(pub(crate) Arc<JobData>);
+
+impl Serialize for JobOut {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let job = &*self.0;
+        (
+            job.id,
+            job.kind,
+            serde_bytes::Bytes::new(&job.payload),
+            FdsOut(&job.fds),
+        )
+            .serialize(serializer)
+    }
+}
+
+/// A job as a worker receives it.
+#[derive(Deserialize)]
+pub(crate) struct JobIn(
+    pub(crate) u64,
+    pub(crate) JobKind,
+    pub(crate) serde_bytes::ByteBuf,
+    pub(crate) Vec<PassFd>,
+);
+
+/// Why a job failed inside a live worker.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) enum Failure {
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    Decode(String),
+    Encode(String),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Error {
+        match failure {
+            Failure::Panicked { message, location } => Error::Panicked { message, location },
+            Failure::Decode(msg) => Error::Decode(format!("in the worker: {msg}")),
+            Failure::Encode(msg) => Error::Encode(format!("in the worker: {msg}")),
+        }
+    }
+}
+
+/// A worker's answer to one job.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) result: Result<serde_bytes::ByteBuf, Failure>,
+}
+
+/// Sent once by a worker after start-up, before any reply.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Hello {
+    Ready,
+    InitFailed(String),
+}
+
+/// Worker to pool: the hello, then replies.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    Hello(Hello),
+    Reply(Reply),
+}

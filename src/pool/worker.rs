@@ -1,0 +1,176 @@
+//! The worker side of a pool: a function child that runs jobs until its pool hangs up.
+
+use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::protocol::Failure;
+use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
+use super::stateful::Worker;
+use crate::ipc::{Connection, PassFd, wire};
+use crate::start::{identity, take_last_panic};
+
+/// A call trampoline: decodes the argument, runs the function, encodes the result.
+pub(crate) type CallEntry = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Vec<u8>, Failure>;
+
+/// How a plain pool's worker starts.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct PlainStart {
+    pub(crate) conn: Connection<FromWorker, JobIn>,
+    /// An initializer call (entry, function, argument), run once before any job.
+    pub(crate) init: Option<(i64, i64, serde_bytes::ByteBuf)>,
+}
+
+fn panic_failure() -> Failure {
+    let (message, location) = take_last_panic().unwrap_or(("panicked".into(), None));
+    Failure::Panicked { message, location }
+}
+
+/// Runs `f` on a decoded argument, turning a panic into a [`Failure`].
+pub(crate) fn call<A: DeserializeOwned, R: Serialize>(
+    function: usize,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<u8>, Failure> {
+    // SAFETY: the pool took `function` from a `fn(A) -> R` and paired it with this very
+    // instantiation of `call::<A, R>`; the worker is the same build (checked at start).
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
+    let arg: A = wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
+    let value =
+        std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())?;
+    let (bytes, _) = wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Runs `f` on each element of a chunk; each element fails or succeeds on its own.
+pub(crate) fn call_chunk<A: DeserializeOwned, R: Serialize>(
+    function: usize,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<u8>, Failure> {
+    // SAFETY: as in `call`, paired with `call_chunk::<A, R>`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
+    let args: Vec<A> =
+        wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
+    let results: Vec<Result<R, Failure>> = args
+        .into_iter()
+        .map(|arg| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())
+        })
+        .collect();
+    let (bytes, _) = wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn fds_of(fds: Vec<PassFd>) -> Vec<OwnedFd> {
+    fds.into_iter().map(|PassFd(fd)| fd).collect()
+}
+
+fn run_call(kind: JobKind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>, Failure> {
+    match kind {
+        JobKind::Call { entry, function } => {
+            // SAFETY: the pool computed `entry` from a `CallEntry` in this same build.
+            let entry =
+                unsafe { std::mem::transmute::<usize, CallEntry>(identity::addr_of(entry)) };
+            entry(identity::addr_of(function), payload, fds)
+        }
+        JobKind::Handle => Err(Failure::Decode(
+            "a plain worker got a stateful request".into(),
+        )),
+    }
+}
+
+/// The main loop of a plain pool's worker.
+pub(crate) fn plain_worker(start: PlainStart) {
+    let PlainStart { mut conn, init } = start;
+    if let Some((entry, function, arg)) = init {
+        let hello = match run_call(JobKind::Call { entry, function }, &arg, Vec::new()) {
+            Ok(_) => Hello::Ready,
+            Err(failure) => Hello::InitFailed(crate::Error::from(failure).to_string()),
+        };
+        let failed = matches!(hello, Hello::InitFailed(_));
+        if conn.send_blocking(FromWorker::Hello(hello)).is_err() || failed {
+            return;
+        }
+    } else if conn.send_blocking(FromWorker::Hello(Hello::Ready)).is_err() {
+        return;
+    }
+    // The pool hanging up (end of stream) is the normal way to stop.
+    while let Ok(JobIn(id, kind, payload, fds)) = conn.recv_blocking() {
+        let result = run_call(kind, &payload, fds_of(fds)).map(serde_bytes::ByteBuf::from);
+        if conn
+            .send_blocking(FromWorker::Reply(Reply { id, result }))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// How a stateful pool's worker starts.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StatefulStart {
+    pub(crate) conn: Connection<FromWorker, JobIn>,
+    pub(crate) init: serde_bytes::ByteBuf,
+}
+
+/// The main loop of a stateful pool's worker, on a current-thread runtime of its own.
+pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
+    let StatefulStart { mut conn, init } = start;
+    let init: W::Init = match wire::decode_payload(&init, Vec::new()) {
+        Ok(init) => init,
+        Err(e) => {
+            let _ = conn
+                .send(FromWorker::Hello(Hello::InitFailed(e.to_string())))
+                .await;
+            return;
+        }
+    };
+    let mut worker = match AssertUnwindSafe(W::init(init)).catch_unwind().await {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(message)) => {
+            let _ = conn
+                .send(FromWorker::Hello(Hello::InitFailed(message)))
+                .await;
+            return;
+        }
+        Err(_) => {
+            let failure = crate::Error::from(panic_failure()).to_string();
+            let _ = conn
+                .send(FromWorker::Hello(Hello::InitFailed(failure)))
+                .await;
+            return;
+        }
+    };
+    if conn.send(FromWorker::Hello(Hello::Ready)).await.is_err() {
+        return;
+    }
+    while let Ok(JobIn(id, _, payload, fds)) = conn.recv().await {
+        let result = handle_one(&mut worker, &payload, fds_of(fds)).await;
+        let reply = Reply {
+            id,
+            result: result.map(serde_bytes::ByteBuf::from),
+        };
+        if conn.send(FromWorker::Reply(reply)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle_one<W: Worker>(
+    worker: &mut W,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<u8>, Failure> {
+    let request: W::Request =
+        wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
+    let response = AssertUnwindSafe(worker.handle(request))
+        .catch_unwind()
+        .await
+        .map_err(|_| panic_failure())?;
+    let (bytes, _) = wire::encode_value(&response).map_err(|e| Failure::Encode(e.to_string()))?;
+    Ok(bytes)
+}
