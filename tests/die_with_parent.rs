@@ -60,3 +60,36 @@ async fn without_it_the_child_outlives_its_parent() {
     drop((parent, rx));
     leaks.finish().await;
 }
+
+/// A middle process that owns a pool, reports its workers' pids, then waits to die.
+async fn pool_owner(mut report: Sender<Vec<u32>>) {
+    let pool = multiprocess::ProcessPool::new(2).await.unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..50 {
+        let pid = pool.apply(|_: ()| std::process::id(), ()).await.unwrap();
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    report.send(pids).await.unwrap();
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn pool_workers_die_with_the_process_that_owns_the_pool() {
+    let leaks = common::LeakCheck::start().await;
+    let (tx, mut rx) = multiprocess::channel::<Vec<u32>>().unwrap();
+    let mut owner = Process::builder().spawn_async(pool_owner, tx).unwrap();
+    let workers = rx.recv().await.unwrap();
+    assert!(!workers.is_empty());
+    owner.kill().unwrap();
+    assert!(owner.join().await.is_err());
+    for pid in workers {
+        assert!(
+            common::await_exit_of(pid, Duration::from_secs(20)).await,
+            "worker {pid} outlived its pool's process"
+        );
+    }
+    drop((owner, rx));
+    leaks.finish().await;
+}

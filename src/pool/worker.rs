@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use super::protocol::Failure;
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
@@ -100,6 +101,7 @@ pub(crate) fn plain_worker(start: PlainStart) {
     }
     // The pool hanging up (end of stream) is the normal way to stop.
     while let Ok(JobIn(id, kind, payload, fds)) = conn.recv_blocking() {
+        let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
         let result = run_call(kind, &payload, fds_of(fds)).map(serde_bytes::ByteBuf::from);
         if conn
             .send_blocking(FromWorker::Reply(Reply { id, result }))
@@ -149,7 +151,10 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
         return;
     }
     while let Ok(JobIn(id, _, payload, fds)) = conn.recv().await {
-        let result = handle_one(&mut worker, &payload, fds_of(fds)).await;
+        let span = tracing::debug_span!("task", id, worker = std::process::id());
+        let result = handle_one(&mut worker, &payload, fds_of(fds))
+            .instrument(span)
+            .await;
         let reply = Reply {
             id,
             result: result.map(serde_bytes::ByteBuf::from),
