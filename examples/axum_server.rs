@@ -23,7 +23,10 @@ pub fn fib(n: u64) -> u64 {
     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
 }
 
-async fn fib_handler(State(pool): State<Arc<ProcessPool>>, Path(n): Path<u64>) -> Result<String, (StatusCode, String)> {
+async fn fib_handler(
+    State(pool): State<Arc<ProcessPool>>,
+    Path(n): Path<u64>,
+) -> Result<String, (StatusCode, String)> {
     match pool.apply(fib, n).await {
         Ok(value) => Ok(format!("fib({n}) = {value}\n")),
         Err(err) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"))),
@@ -56,14 +59,21 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     Ok((status, body))
 }
 
 /// Saturates the pool with slow requests and times `/health` meanwhile.
 async fn demo(addr: std::net::SocketAddr, pool: Arc<ProcessPool>) {
     let workers = pool.stats().workers;
-    println!("saturating {workers} workers with {} requests for fib(42)...", workers * 2);
+    println!(
+        "saturating {workers} workers with {} requests for fib(42)...",
+        workers * 2
+    );
     let slow: Vec<_> = (0..workers * 2)
         .map(|_| tokio::spawn(async move { http_get(addr, "/fib/42").await }))
         .collect();
@@ -94,9 +104,18 @@ async fn demo(addr: std::net::SocketAddr, pool: Arc<ProcessPool>) {
 #[cfg_attr(test, allow(dead_code))]
 #[tokio::main]
 async fn main() -> multiprocess::Result<()> {
-    let pool = Arc::new(ProcessPool::builder().task_timeout(Duration::from_secs(60)).build().await?);
+    let pool = Arc::new(
+        ProcessPool::builder()
+            .task_timeout(Duration::from_secs(60))
+            .build()
+            .await?,
+    );
     let demo_mode = std::env::args().any(|a| a == "--demo");
-    let address = if demo_mode { "127.0.0.1:0" } else { "127.0.0.1:3000" };
+    let address = if demo_mode {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:3000"
+    };
     let listener = tokio::net::TcpListener::bind(address).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(axum::serve(listener, app(pool.clone())).into_future());

@@ -20,7 +20,9 @@ async fn health_answers_while_the_pool_is_saturated() {
     let serving = tokio::spawn(axum::serve(listener, server::app(pool.clone())).into_future());
 
     // fib(60) takes far longer than this test: both workers stay busy throughout.
-    let slow: Vec<_> = (0..3).map(|_| tokio::spawn(server::http_get(addr, "/fib/60"))).collect();
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(server::http_get(addr, "/fib/60")))
+        .collect();
     common::eventually("pool saturated", || pool.stats().busy == 2).await;
 
     for _ in 0..50 {

@@ -38,7 +38,8 @@ pub enum CancelRunning {
 
 pub(crate) struct Config {
     pub(crate) workers: usize,
-    pub(crate) window: usize,
+    /// A fixed number of jobs per worker, or `None` to adapt it to task length.
+    pub(crate) window: Option<usize>,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) queue_capacity: usize,
@@ -111,6 +112,9 @@ struct WorkerSlot {
     signaller: Signaller,
     window: VecDeque<Running>,
     head_deadline: Option<Instant>,
+    head_started: Instant,
+    // Smoothed time a job takes, seen from here (from becoming head to its answer).
+    job_time: Option<Duration>,
     dispatched: u64,
     ready: bool,
     killed: Option<KillReason>,
@@ -128,7 +132,32 @@ impl WorkerSlot {
         }
     }
 
+    /// How many jobs this worker may hold: enough to cover a dispatch round trip with
+    /// work when jobs are short, two (one running, one ready) when they are long, so a
+    /// long job never holds many others hostage.
+    fn capacity(&self, fixed: Option<usize>) -> usize {
+        if let Some(fixed) = fixed {
+            return fixed;
+        }
+        match self.job_time {
+            None => MIN_WINDOW,
+            Some(job) => {
+                let covering = ROUND_TRIP.as_nanos() / job.as_nanos().max(1);
+                (covering as usize + 1).clamp(MIN_WINDOW, MAX_WINDOW)
+            }
+        }
+    }
+
+    fn record_job_time(&mut self) {
+        let took = self.head_started.elapsed();
+        self.job_time = Some(match self.job_time {
+            None => took,
+            Some(avg) => (avg * 4 + took) / 5,
+        });
+    }
+
     fn set_head_deadline(&mut self) {
+        self.head_started = Instant::now();
         self.head_deadline = self
             .window
             .front()
@@ -136,6 +165,11 @@ impl WorkerSlot {
             .map(|t| Instant::now() + t);
     }
 }
+
+/// Bounds of the adaptive window, and the dispatch round trip it aims to cover.
+const MIN_WINDOW: usize = 2;
+const MAX_WINDOW: usize = 32;
+const ROUND_TRIP: Duration = Duration::from_micros(200);
 
 struct State {
     queue: VecDeque<Queued>,
@@ -192,8 +226,9 @@ impl Core {
         self.config.workers
     }
 
+    /// How many jobs a worker may hold at most.
     pub(crate) fn window(&self) -> usize {
-        self.config.window
+        self.config.window.unwrap_or(MAX_WINDOW)
     }
 
     pub(crate) fn next_job_id(&self) -> u64 {
@@ -243,6 +278,8 @@ impl Core {
                 signaller,
                 window: VecDeque::new(),
                 head_deadline: None,
+                head_started: Instant::now(),
+                job_time: None,
                 dispatched: 0,
                 ready: false,
                 killed: None,
@@ -288,12 +325,12 @@ impl Core {
         let mut deadline_set = false;
         while !state.queue.is_empty() {
             let max = self.config.max_tasks_per_worker;
-            let window = self.config.window;
+            let fixed = self.config.window;
             let Some(slot) = state
                 .workers
                 .iter_mut()
                 .filter(|w| w.ready && w.killed.is_none() && w.jobs.is_some() && !w.retiring(max))
-                .filter(|w| w.window.len() < window)
+                .filter(|w| w.window.len() < w.capacity(fixed))
                 .min_by_key(|w| w.window.len())
             else {
                 break;
@@ -354,6 +391,9 @@ impl Core {
         let Some(index) = slot.window.iter().position(|r| r.job.id == reply.id) else {
             return;
         };
+        if index == 0 {
+            slot.record_job_time();
+        }
         let running = slot.window.remove(index).expect("index in range");
         slot.set_head_deadline();
         if slot.retiring(max) && slot.window.is_empty() {

@@ -52,7 +52,7 @@ use crate::start::identity;
 /// ```
 pub struct PoolBuilder {
     workers: usize,
-    window: usize,
+    window: Option<usize>,
     max_tasks_per_worker: Option<u64>,
     task_timeout: Option<Duration>,
     queue_capacity: usize,
@@ -66,7 +66,7 @@ impl Default for PoolBuilder {
     fn default() -> PoolBuilder {
         PoolBuilder {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            window: 2,
+            window: None,
             max_tasks_per_worker: None,
             task_timeout: None,
             queue_capacity: 1024,
@@ -124,14 +124,16 @@ impl PoolBuilder {
         self
     }
 
-    /// How many tasks each worker holds at once (default 2): while it runs one, the next
-    /// is already on its way, so round trips overlap with work.
+    /// How many tasks each worker holds at once. By default this adapts to the tasks:
+    /// two (one running, the next already on its way) for long tasks, up to 32 for tiny
+    /// ones, so that a worker never waits for a round trip to the pool between tasks.
+    /// A fixed number (1 for strict one-at-a-time dispatch) turns adaptation off.
     ///
     /// ```
     /// let builder = multiprocess::ProcessPool::builder().tasks_in_flight_per_worker(1);
     /// ```
     pub fn tasks_in_flight_per_worker(mut self, tasks: usize) -> Self {
-        self.window = tasks.max(1);
+        self.window = Some(tasks.max(1));
         self
     }
 

@@ -103,6 +103,8 @@ pub(crate) fn plain_worker(start: PlainStart) {
     while let Ok(JobIn(id, kind, payload, fds)) = conn.recv_blocking() {
         let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
         let result = run_call(kind, &payload, fds_of(fds)).map(serde_bytes::ByteBuf::from);
+        // Each answer goes out before the next job starts: should that job kill the
+        // worker, every earlier answer has arrived and only that job fails.
         if conn
             .send_blocking(FromWorker::Reply(Reply { id, result }))
             .is_err()
