@@ -386,8 +386,10 @@ impl ProcessPool {
 
     /// Queues `f(arg)` and returns a handle that is a future for its result. The task
     /// is queued at once if the queue has room, otherwise when the handle is first
-    /// awaited. Dropping the handle before the task starts removes it from the queue;
-    /// after it started, [`CancelRunning`] decides.
+    /// awaited. Dropping the handle while the task waits in the queue removes it; once a
+    /// worker is running it, [`CancelRunning`] decides. (Workers hold a few tasks ahead,
+    /// see [`PoolBuilder::tasks_in_flight_per_worker`]; a dropped task already handed to
+    /// a worker but not yet running runs, and its result is discarded.)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
