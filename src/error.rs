@@ -108,6 +108,20 @@ pub enum Error {
     /// The pool was closed or terminated before the task could run.
     #[error("the pool is closed")]
     PoolClosed,
+    /// A process died while holding a [`Lock`](crate::Lock): what it guarded may be
+    /// half-updated. Every later `lock` gives this error until
+    /// [`Lock::clear_poison`](crate::Lock::clear_poison), like std's `Mutex` poisoning.
+    #[error("process {pid} died holding the lock")]
+    OwnerDied {
+        /// The process that died.
+        pid: u32,
+    },
+    /// The queue (or channel) was closed and has nothing left.
+    #[error("closed")]
+    Closed,
+    /// A release or `task_done` past what was acquired or put.
+    #[error("{0}")]
+    BoundExceeded(String),
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,

@@ -65,7 +65,10 @@ mod exit;
 mod ipc;
 mod pool;
 mod process;
+mod queue;
+mod shm;
 mod start;
+mod sync;
 mod sys;
 
 pub use error::{Error, Result};
@@ -77,6 +80,9 @@ pub use pool::{
     CancelRunning, PoolBuilder, PoolStats, ProcessPool, StatefulPool, TaskHandle, Worker,
 };
 pub use process::{Command, Process, ProcessBuilder, spawn_process};
+pub use queue::{JoinableQueue, Queue};
+pub use shm::{Array, AtomicInt, SharedMemory, Value};
+pub use sync::{Barrier, BoundedSemaphore, Event, Lock, LockGuard, Semaphore, SemaphorePermit};
 
 /// Signals, as accepted by [`Process::signal`].
 ///

@@ -1,0 +1,21 @@
+//! Cross-process synchronisation: [`Lock`], [`Semaphore`], [`Event`], [`Barrier`].
+//!
+//! Each primitive keeps its state in a small shared-memory page (atomics only) and
+//! wakes waiters through an eventfd, which tokio's reactor watches: no runtime thread
+//! ever blocks, and the `_blocking` variants wait with `poll(2)` for code without a
+//! runtime. Ownership is recorded as a process token (pid and start time, so a recycled
+//! pid is never mistaken for the owner), and a waiter also watches the owner's pidfd:
+//! when a holder dies, the next waiter learns of it at once instead of waiting forever.
+
+mod barrier;
+mod event;
+mod lock;
+mod notifier;
+mod semaphore;
+
+pub use barrier::Barrier;
+pub use event::Event;
+pub use lock::{Lock, LockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+
+pub(crate) use notifier::{Notifier, OwnerWatch, token, watch_owner};

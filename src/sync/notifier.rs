@@ -1,0 +1,265 @@
+//! Wake-ups through an eventfd, and watching another process for its death.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Error, Result};
+use crate::ipc::PassFd;
+use crate::shm::SharedMemory;
+use crate::sys;
+
+struct Raw(RawFd);
+
+impl AsRawFd for Raw {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Wake-ups for one primitive, in every process that holds it.
+///
+/// A sequence number in shared memory says *whether* something happened: a waiter
+/// notes it, checks its condition, and waits only while the number is unchanged, so no
+/// notification can slip between check and wait. *How* waiters learn of a change:
+/// async waiters through an eventfd that tokio's reactor watches (each notification is
+/// an edge; the eventfd is never drained, so one waiter cannot swallow another's
+/// wake-up), blocking waiters through a futex on the sequence number itself.
+pub(crate) struct Notifier {
+    // Declared before `fd` so it deregisters before the descriptor closes.
+    registration: OnceLock<AsyncFd<Raw>>,
+    registering: Mutex<()>,
+    fd: OwnedFd,
+    seq: SharedMemory,
+}
+
+/// How often a blocking waiter that watches owners checks whether they died (a futex
+/// cannot wait on a pidfd).
+const OWNER_CHECK: Duration = Duration::from_millis(20);
+
+impl Notifier {
+    pub(crate) fn new() -> Result<Notifier> {
+        let fd: OwnedFd =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(io::Error::from)?
+                .into();
+        Ok(Self::from_parts(
+            fd,
+            SharedMemory::named("multiprocess-wake", 4)?,
+        ))
+    }
+
+    fn from_parts(fd: OwnedFd, seq: SharedMemory) -> Notifier {
+        Notifier {
+            registration: OnceLock::new(),
+            registering: Mutex::new(()),
+            fd,
+            seq,
+        }
+    }
+
+    fn seq(&self) -> &AtomicU32 {
+        self.seq.atomic(0)
+    }
+
+    /// The current sequence number, to pass to `wait` after checking the condition.
+    pub(crate) fn observe(&self) -> u32 {
+        self.seq().load(SeqCst)
+    }
+
+    /// Wakes every current waiter, in every process.
+    pub(crate) fn notify(&self) {
+        self.seq().fetch_add(1, SeqCst);
+        sys::futex_wake_all(self.seq());
+        let _ = nix::unistd::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    fn registration(&self) -> Result<&AsyncFd<Raw>> {
+        if let Some(reg) = self.registration.get() {
+            return Ok(reg);
+        }
+        let _lock = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reg) = self.registration.get() {
+            return Ok(reg);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Io(io::Error::other(
+                "async wait outside a tokio runtime; use the *_blocking methods instead",
+            )));
+        }
+        // SAFETY: `self.fd` owns the descriptor and outlives the registration (field
+        // order), so it stays open and the same while registered.
+        let reg = unsafe {
+            AsyncFd::register_with_interest(Raw(self.fd.as_raw_fd()), Interest::READABLE)
+        }
+        .map_err(|e| Error::Io(e.into_parts().1))?;
+        Ok(self.registration.get_or_init(|| reg))
+    }
+
+    /// Registers with the reactor, so that every notification from now on wakes an
+    /// async wait; call before `observe`.
+    pub(crate) fn arm(&self) -> Result<()> {
+        self.registration().map(drop)
+    }
+
+    /// Waits until the sequence number moves on from `seen`, or one of `owners` dies.
+    pub(crate) async fn wait(&self, seen: u32, owners: &[OwnerWatch]) -> Result<()> {
+        let reg = self.registration()?;
+        let mut deaths = futures::future::select_all(
+            owners
+                .iter()
+                .map(|o| {
+                    Box::pin(o.died())
+                        as std::pin::Pin<
+                            Box<dyn std::future::Future<Output = Result<()>> + Send + '_>,
+                        >
+                })
+                .chain(std::iter::once(Box::pin(std::future::pending()) as _)),
+        );
+        loop {
+            if self.observe() != seen {
+                return Ok(());
+            }
+            tokio::select! {
+                ready = reg.readable() => {
+                    let mut guard = ready?;
+                    if self.observe() == seen {
+                        // A stale edge from an earlier notification; a new one
+                        // arriving meanwhile keeps the readiness (tokio's tick check).
+                        guard.clear_ready();
+                    }
+                }
+                (died, _, _) = &mut deaths => return died,
+            }
+        }
+    }
+
+    /// Blocking form of [`wait`](Self::wait); `Ok(false)` if `deadline` passed first.
+    pub(crate) fn wait_blocking(
+        &self,
+        seen: u32,
+        owners: &[OwnerWatch],
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        loop {
+            if self.observe() != seen {
+                return Ok(true);
+            }
+            if owners
+                .iter()
+                .any(|o| sys::poll_one(o.fd(), false, 0).unwrap_or(true))
+            {
+                return Ok(true);
+            }
+            let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if timeout == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            if !owners.is_empty() {
+                timeout = Some(timeout.map_or(OWNER_CHECK, |t| t.min(OWNER_CHECK)));
+            }
+            sys::futex_wait(self.seq(), seen, timeout);
+        }
+    }
+}
+
+impl Serialize for Notifier {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fd = self.fd.try_clone().map_err(serde::ser::Error::custom)?;
+        (PassFd(fd), &self.seq).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Notifier {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (PassFd(fd), seq) = <(PassFd, SharedMemory)>::deserialize(deserializer)?;
+        Ok(Notifier::from_parts(fd, seq))
+    }
+}
+
+/// This process's token: pid in the high half, the low bits of its start time in the
+/// low half. Never zero.
+pub(crate) fn token() -> u64 {
+    static TOKEN: Mutex<Option<(u32, u64)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut cached = TOKEN.lock().unwrap_or_else(|p| p.into_inner());
+    match *cached {
+        Some((for_pid, token)) if for_pid == pid => token,
+        _ => {
+            let token = make_token(pid, start_time(pid).unwrap_or(0));
+            *cached = Some((pid, token));
+            token
+        }
+    }
+}
+
+fn make_token(pid: u32, start: u64) -> u64 {
+    ((pid as u64) << 32) | (start & 0xffff_ffff)
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A live owner's pidfd, readable once it has exited.
+pub(crate) enum OwnerWatch {
+    /// Registered with the reactor, for async waits.
+    Registered(AsyncFd<OwnedFd>),
+    /// Plain, for blocking waits outside a runtime.
+    Plain(OwnedFd),
+}
+
+impl OwnerWatch {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            OwnerWatch::Registered(afd) => afd.get_ref().as_fd(),
+            OwnerWatch::Plain(fd) => fd.as_fd(),
+        }
+    }
+
+    async fn died(&self) -> Result<()> {
+        match self {
+            OwnerWatch::Registered(afd) => {
+                afd.readable().await?.retain_ready();
+                Ok(())
+            }
+            OwnerWatch::Plain(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Opens a watch on the process behind `token`; `None` if it is already gone (or its
+/// pid now belongs to someone else).
+pub(crate) fn watch_owner(token: u64) -> Result<Option<OwnerWatch>> {
+    let pid = (token >> 32) as u32;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(Error::Io(e)),
+    };
+    // Open first, then compare start times: if the pid was reused, the start differs.
+    if start_time(pid).map(|s| make_token(pid, s)) != Some(token) {
+        return Ok(None);
+    }
+    // An exited owner (a zombie) has a readable pidfd: that also counts as dead.
+    if sys::poll_one(pidfd.as_fd(), false, 0).unwrap_or(false) {
+        return Ok(None);
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(Some(OwnerWatch::Plain(pidfd)));
+    }
+    // SAFETY: the `AsyncFd` owns the pidfd for the whole registration.
+    let afd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+        .map_err(|e| Error::Io(e.into_parts().1))?;
+    Ok(Some(OwnerWatch::Registered(afd)))
+}
