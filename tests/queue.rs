@@ -1,0 +1,211 @@
+//! Queues across real processes: many producers and consumers, mixed sizes, bounds,
+//! closing, joining.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use multiprocess::{Error, JoinableQueue, Queue, spawn_process};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Message {
+    id: u32,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+const TOTAL: u32 = 100_000;
+
+/// Sizes from 8 bytes to 4 MiB: mostly small, some 64 KiB, a few 4 MiB.
+fn size_of_message(id: u32) -> usize {
+    match id {
+        id if id % 2000 == 0 => 4 << 20,
+        id if id % 100 == 0 => 64 << 10,
+        id => 8 + (id as usize * 37) % 500,
+    }
+}
+
+fn body_for(id: u32) -> Vec<u8> {
+    let pattern = id.to_le_bytes();
+    (0..size_of_message(id))
+        .map(|i| pattern[i % 4] ^ (i / 4) as u8)
+        .collect()
+}
+
+fn intact(message: &Message) -> bool {
+    let pattern = message.id.to_le_bytes();
+    message.body.len() == size_of_message(message.id)
+        && message
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern[i % 4] ^ (i / 4) as u8)
+}
+
+fn produce((queue, first, step): (Queue<Message>, u32, u32)) {
+    let mut id = first;
+    while id < TOTAL {
+        queue
+            .put_blocking(Message {
+                id,
+                body: body_for(id),
+            })
+            .unwrap();
+        id += step;
+    }
+}
+
+/// Takes messages until the queue is closed; returns the ids, checking every byte.
+fn consume(queue: Queue<Message>) -> Vec<u32> {
+    let mut ids = Vec::new();
+    loop {
+        match queue.get_blocking() {
+            Ok(message) => {
+                assert!(intact(&message), "message {} torn", message.id);
+                ids.push(message.id);
+            }
+            Err(Error::Closed) => return ids,
+            Err(err) => panic!("consumer failed: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_consumers_move_every_message_whole() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Message>::new(256).unwrap();
+    let producers: Vec<_> = (0..3)
+        .map(|i| spawn_process(produce, (queue.clone(), i, 3)).unwrap())
+        .collect();
+    let consumers: Vec<_> = (0..3)
+        .map(|_| spawn_process(consume, queue.clone()).unwrap())
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    queue.close();
+    let mut seen = HashSet::new();
+    let mut count = 0;
+    for consumer in consumers {
+        for id in consumer.await.unwrap() {
+            count += 1;
+            assert!(seen.insert(id), "message {id} delivered twice");
+        }
+    }
+    assert_eq!(count, TOTAL as usize);
+    assert_eq!(seen.len(), TOTAL as usize, "none lost");
+    drop(queue);
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_blocks_put_until_a_get_makes_room() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<u32>::new(2).unwrap();
+    queue.put(1).await.unwrap();
+    queue.put(2).await.unwrap();
+    assert!(!queue.try_put(3).unwrap());
+    let blocked = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.put(3).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!blocked.is_finished());
+    // A consumer in another process makes room.
+    fn take_one(q: Queue<u32>) -> u32 {
+        q.get_blocking().unwrap()
+    }
+    assert_eq!(
+        spawn_process(take_one, queue.clone())
+            .unwrap()
+            .await
+            .unwrap(),
+        1
+    );
+    blocked.await.unwrap().unwrap();
+    assert_eq!(queue.get().await.unwrap(), 2);
+    assert_eq!(queue.get().await.unwrap(), 3);
+    drop(queue);
+    leaks.finish().await;
+}
+
+fn wait_for_items(queue: Queue<u32>) -> Vec<u32> {
+    let mut items = Vec::new();
+    while let Ok(item) = queue.get_blocking() {
+        items.push(item);
+    }
+    items
+}
+
+#[tokio::test]
+async fn close_ends_waiting_consumers() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<u32>::new(8).unwrap();
+    let consumers: Vec<_> = (0..3)
+        .map(|_| spawn_process(wait_for_items, queue.clone()).unwrap())
+        .collect();
+    for i in 0..5 {
+        queue.put(i).await.unwrap();
+    }
+    queue.close();
+    assert!(matches!(queue.put(9).await, Err(Error::Closed)));
+    let mut all: Vec<u32> = Vec::new();
+    for consumer in consumers {
+        all.extend(consumer.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3, 4]);
+    drop(queue);
+    leaks.finish().await;
+}
+
+fn work_and_mark_done(queue: JoinableQueue<u64>) -> u64 {
+    let mut sum = 0;
+    while let Ok(n) = queue.get_blocking() {
+        sum += n;
+        std::thread::sleep(Duration::from_micros(100));
+        queue.task_done().unwrap();
+    }
+    sum
+}
+
+#[tokio::test]
+async fn join_returns_after_every_task_done() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = JoinableQueue::<u64>::new(16).unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| spawn_process(work_and_mark_done, queue.clone()).unwrap())
+        .collect();
+    for n in 1..=200 {
+        queue.put(n).await.unwrap();
+    }
+    queue.join().await.unwrap();
+    assert_eq!(queue.unfinished(), 0);
+    assert!(queue.is_empty());
+    queue.close();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
+    }
+    assert_eq!(total, 200 * 201 / 2);
+    assert!(matches!(queue.task_done(), Err(Error::BoundExceeded(_))));
+    drop(queue);
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn timeouts_on_an_empty_or_full_queue() {
+    let queue = Queue::<u8>::new(1).unwrap();
+    assert!(matches!(
+        queue.get_timeout(Duration::from_millis(20)).await,
+        Err(Error::Timeout { .. })
+    ));
+    queue.put(1).await.unwrap();
+    assert!(matches!(
+        queue.put_timeout(2, Duration::from_millis(20)).await,
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(queue.get_timeout(Duration::from_secs(5)).await.unwrap(), 1);
+}
