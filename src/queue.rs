@@ -20,6 +20,7 @@ const CAPACITY: usize = 0;
 const ITEMS: usize = 4;
 const CLOSED: usize = 8;
 const UNFINISHED: usize = 12;
+const SPACE_WAITERS: usize = 16;
 
 /// A bounded queue shared by any number of producer and consumer processes, like
 /// Python's `multiprocessing.Queue`, awaitable.
@@ -100,7 +101,7 @@ impl<T> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new(capacity: u32) -> Result<Queue<T>> {
-        let state = SharedMemory::named("multiprocess-queue", 16)?;
+        let state = SharedMemory::named("multiprocess-queue", 32)?;
         state
             .atomic::<AtomicU32>(CAPACITY)
             .store(capacity.max(1), SeqCst);
@@ -208,7 +209,11 @@ impl<T> Queue<T> {
     }
 
     async fn reserve(&self) -> Result<()> {
+        if self.try_reserve()? {
+            return Ok(());
+        }
         self.inner.space.arm()?;
+        let _waiting = SpaceWaiter::new(self.word(SPACE_WAITERS));
         loop {
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
@@ -219,6 +224,10 @@ impl<T> Queue<T> {
     }
 
     fn reserve_blocking(&self) -> Result<()> {
+        if self.try_reserve()? {
+            return Ok(());
+        }
+        let _waiting = SpaceWaiter::new(self.word(SPACE_WAITERS));
         loop {
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
@@ -232,30 +241,21 @@ impl<T> Queue<T> {
         self.word(ITEMS).fetch_sub(1, SeqCst);
         self.inner.space.notify();
     }
+}
 
-    fn taken(&self) {
-        self.word(ITEMS).fetch_sub(1, SeqCst);
-        self.inner.space.notify();
+/// Counts a producer waiting for room, so consumers notify only when someone waits.
+struct SpaceWaiter<'a>(&'a AtomicU32);
+
+impl<'a> SpaceWaiter<'a> {
+    fn new(waiters: &'a AtomicU32) -> Self {
+        waiters.fetch_add(1, SeqCst);
+        SpaceWaiter(waiters)
     }
 }
 
-/// The frame being read, finished (and dropped) if the `get` that started it is
-/// cancelled, so that the next consumer starts at a frame boundary.
-struct PartialRead<'a> {
-    reader: &'a SocketFd,
-    remaining: usize,
-}
-
-impl Drop for PartialRead<'_> {
+impl Drop for SpaceWaiter<'_> {
     fn drop(&mut self) {
-        if self.remaining > 0 {
-            tracing::warn!(
-                bytes = self.remaining,
-                "queue get cancelled mid-message; message dropped"
-            );
-            let mut rest = vec![0u8; self.remaining];
-            let _ = self.reader.read_exact_blocking(&mut rest, &mut Vec::new());
-        }
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -366,83 +366,75 @@ impl<T: Serialize> Queue<T> {
     }
 }
 
+/// One message taken off the shared stream, not yet decoded.
+struct RawFrame {
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl<T> Queue<T> {
+    /// Messages left the shared queue: free their places.
+    fn taken(&self, count: usize) {
+        self.word(ITEMS).fetch_sub(count as u32, SeqCst);
+        if self.word(SPACE_WAITERS).load(SeqCst) > 0 {
+            self.inner.space.notify();
+        }
+    }
+}
+
 impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next message, waiting while the queue is empty; [`Error::Closed`] once
-    /// it is closed and empty. Cancelling a `get` in the middle of a large message
-    /// drops that message (the stream must stay whole for the other consumers).
+    /// it is closed and empty.
+    ///
+    /// A consumer holds the queue's read lock only while a message is arriving, never
+    /// while it waits for one to start, so a consumer killed while it waits costs the
+    /// others nothing. Cancelling `get` loses nothing, except in the middle of a large
+    /// message: the stream must stay whole for the other consumers, so that message is
+    /// read to its end and dropped.
     ///
     /// See [`Queue`] for an example.
     pub async fn get(&self) -> Result<T> {
         loop {
-            if let Some(result) = self.get_if_readable().await? {
-                return result;
+            self.inner.read_lock.acquire(false).await?;
+            let _unlock = UnlockOnDrop(&self.inner.read_lock);
+            let mut read = FrameRead::new(&self.inner.reader);
+            match read.step(crate::sys::Wait::No) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(_unlock);
+                    self.inner.reader.readable().await?;
+                    continue;
+                }
+                Err(e) => return Err(Error::from_io(e)),
+                Ok(None) => return Err(Error::Closed),
+                Ok(Some(_)) => {}
             }
+            let frame = read.run().await;
+            read.done = true;
+            return self.finish(frame);
         }
     }
 
-    /// Waits for data (or the end), then reads one frame holding the read lock. The
-    /// lock is held only while a frame is being read, so a consumer killed while it
-    /// waits does not poison the queue; one killed mid-frame does. `None`: another
-    /// consumer took the data first.
-    async fn get_if_readable(&self) -> Result<Option<Result<T>>> {
-        self.inner.reader.readable().await?;
-        self.inner.read_lock.acquire(false).await?;
-        if !crate::sys::poll_one(self.inner.reader.fd(), false, 0)? {
-            self.inner.read_lock.unlock();
-            return Ok(None);
-        }
-        let result = self.read_frame_async().await;
-        self.inner.read_lock.unlock();
-        Ok(Some(self.settle_get(result)))
-    }
-
-    async fn read_frame_async(&self) -> Result<Option<T>> {
-        let reader = &*self.inner.reader;
-        let mut header = [0u8; HEADER_LEN];
-        let mut fds = Vec::new();
-        let mut partial = PartialRead {
-            reader,
-            remaining: 0,
-        };
-        if !reader.read_exact(&mut header, &mut fds).await? {
-            return Ok(None);
-        }
-        let parsed = wire::read_header(&header, wire::DEFAULT_MAX_FRAME_LEN)?;
-        partial.remaining = parsed.len;
-        let mut payload = vec![0u8; parsed.len];
-        let complete = reader.read_exact(&mut payload, &mut fds).await;
-        partial.remaining = 0;
-        complete?;
-        Ok(Some(wire::decode_payload(&payload, fds)?))
-    }
-
-    fn read_frame_blocking(&self) -> Result<Option<T>> {
-        let reader = &*self.inner.reader;
-        let mut header = [0u8; HEADER_LEN];
-        let mut fds = Vec::new();
-        if !reader.read_exact_blocking(&mut header, &mut fds)? {
-            return Ok(None);
-        }
-        let parsed = wire::read_header(&header, wire::DEFAULT_MAX_FRAME_LEN)?;
-        let mut payload = vec![0u8; parsed.len];
-        reader.read_exact_blocking(&mut payload, &mut fds)?;
-        Ok(Some(wire::decode_payload(&payload, fds)?))
-    }
-
-    fn settle_get(&self, result: Result<Option<T>>) -> Result<T> {
-        match result {
-            Ok(Some(message)) => {
-                self.taken();
-                Ok(message)
+    fn finish(&self, frame: Result<Option<RawFrame>>) -> Result<T> {
+        match frame? {
+            Some(frame) => {
+                self.taken(1);
+                wire::decode_payload(&frame.payload, frame.fds)
             }
-            Ok(None) => Err(Error::Closed),
-            // A message that does not decode was still taken off the queue.
-            Err(Error::Decode(msg)) => {
-                self.taken();
-                Err(Error::Decode(msg))
-            }
-            Err(err) => Err(err),
+            None => Err(Error::Closed),
         }
+    }
+
+    fn get_now(&self, wait: crate::sys::Wait) -> Result<Option<T>> {
+        let mut read = FrameRead::new(&self.inner.reader);
+        match read.step(wait) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(Error::from_io(e)),
+            Ok(None) => return Err(Error::Closed),
+            Ok(Some(_)) => {}
+        }
+        let frame = read.run_blocking();
+        read.done = true;
+        self.finish(frame).map(Some)
     }
 
     /// Takes a message if one is already queued; `Ok(None)` if none is.
@@ -462,25 +454,11 @@ impl<T: DeserializeOwned> Queue<T> {
         {
             return Ok(None);
         }
-        let ready = crate::sys::poll_one(self.inner.reader.fd(), false, 0);
-        let result = match ready {
-            Ok(true) => self.read_frame_blocking(),
-            Ok(false) => {
-                self.inner.read_lock.unlock();
-                return if self.is_closed() && self.is_empty() {
-                    Err(Error::Closed)
-                } else {
-                    Ok(None)
-                };
-            }
-            Err(e) => Err(Error::Io(e)),
-        };
-        self.inner.read_lock.unlock();
-        self.settle_get(result).map(Some)
+        let _unlock = UnlockOnDrop(&self.inner.read_lock);
+        self.get_now(crate::sys::Wait::No)
     }
 
-    /// [`get`](Self::get) with a time limit on waiting for a message to start
-    /// arriving (a message that has started is always read whole).
+    /// [`get`](Self::get) with a time limit on waiting for a message.
     ///
     /// ```
     /// use std::time::Duration;
@@ -495,12 +473,12 @@ impl<T: DeserializeOwned> Queue<T> {
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if let Some(message) = self.try_get()? {
+                return Ok(message);
+            }
             match tokio::time::timeout_at(deadline, self.inner.reader.readable()).await {
                 Err(_) => return Err(Error::Timeout { after: timeout }),
                 Ok(ready) => ready?,
-            }
-            if let Some(result) = self.get_if_readable().await? {
-                return result;
             }
         }
     }
@@ -514,18 +492,158 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn get_blocking(&self) -> Result<T> {
-        let reader = self.inner.reader.fd();
         loop {
-            crate::sys::poll_one(reader, false, -1)?;
             self.inner.read_lock.acquire_blocking(false, None)?;
-            if !crate::sys::poll_one(reader, false, 0)? {
-                self.inner.read_lock.unlock();
-                continue;
+            let unlock = UnlockOnDrop(&self.inner.read_lock);
+            if let Some(message) = self.get_now(crate::sys::Wait::No)? {
+                return Ok(message);
             }
-            let result = self.read_frame_blocking();
-            self.inner.read_lock.unlock();
-            return self.settle_get(result);
+            drop(unlock);
+            crate::sys::poll_one(self.inner.reader.fd(), false, -1)?;
         }
+    }
+}
+
+/// One frame read piece by piece as it arrives. If the read is cancelled part way, the
+/// rest of the frame is read (blocking: it is already on its way) and dropped, so that
+/// the next consumer starts at a frame boundary.
+struct FrameRead<'a> {
+    reader: &'a SocketFd,
+    header: [u8; HEADER_LEN],
+    header_got: usize,
+    payload: Vec<u8>,
+    payload_got: usize,
+    fds: Vec<OwnedFd>,
+    done: bool,
+}
+
+impl<'a> FrameRead<'a> {
+    fn new(reader: &'a SocketFd) -> Self {
+        FrameRead {
+            reader,
+            header: [0; HEADER_LEN],
+            header_got: 0,
+            payload: Vec::new(),
+            payload_got: 0,
+            fds: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// One receive into whatever part is missing. `Ok(None)`: end of stream.
+    fn step(&mut self, wait: crate::sys::Wait) -> std::io::Result<Option<usize>> {
+        let mut control = crate::sys::control_buffer();
+        let target = if self.header_got < HEADER_LEN {
+            &mut self.header[self.header_got..]
+        } else {
+            &mut self.payload[self.payload_got..]
+        };
+        let n =
+            crate::sys::recv_with_fds(self.reader.fd(), target, &mut control, &mut self.fds, wait)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.header_got < HEADER_LEN {
+            self.header_got += n;
+        } else {
+            self.payload_got += n;
+        }
+        Ok(Some(n))
+    }
+
+    fn header_complete(&mut self) -> Result<()> {
+        let parsed = wire::read_header(&self.header, wire::DEFAULT_MAX_FRAME_LEN)?;
+        self.payload = vec![0u8; parsed.len];
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        self.header_got == HEADER_LEN && self.payload_got == self.payload.len()
+    }
+
+    fn take(&mut self) -> RawFrame {
+        RawFrame {
+            payload: std::mem::take(&mut self.payload),
+            fds: std::mem::take(&mut self.fds),
+        }
+    }
+
+    /// Completes a frame whose first bytes have arrived, blocking the thread.
+    fn run_blocking(&mut self) -> Result<Option<RawFrame>> {
+        loop {
+            if self.header_got == HEADER_LEN && self.payload.is_empty() && self.payload_got == 0 {
+                self.header_complete()?;
+            }
+            if self.complete() {
+                return Ok(Some(self.take()));
+            }
+            match self.step(crate::sys::Wait::Block) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Error::Protocol(
+                        "stream ended in the middle of a frame".into(),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    crate::sys::poll_one(self.reader.fd(), false, -1)?;
+                }
+                Err(e) => return Err(Error::from_io(e)),
+            }
+        }
+    }
+
+    async fn run(&mut self) -> Result<Option<RawFrame>> {
+        loop {
+            if self.header_got == HEADER_LEN && self.payload.is_empty() && self.payload_got == 0 {
+                self.header_complete()?;
+            }
+            if self.complete() {
+                return Ok(Some(self.take()));
+            }
+            match self.step(crate::sys::Wait::No) {
+                Ok(Some(_)) => {}
+                Ok(None) if self.header_got == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(Error::Protocol(
+                        "stream ended in the middle of a frame".into(),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.reader.readable().await?
+                }
+                Err(e) => return Err(Error::from_io(e)),
+            }
+        }
+    }
+}
+
+impl Drop for FrameRead<'_> {
+    fn drop(&mut self) {
+        if self.done || (self.header_got == 0 && self.payload_got == 0) {
+            return;
+        }
+        tracing::warn!("queue get cancelled in the middle of a message; the message is dropped");
+        while !self.complete() {
+            if self.header_got == HEADER_LEN
+                && self.payload.is_empty()
+                && self.payload_got == 0
+                && self.header_complete().is_err()
+            {
+                return;
+            }
+            if self.complete() || !matches!(self.step(crate::sys::Wait::Block), Ok(Some(_))) {
+                return;
+            }
+        }
+    }
+}
+
+/// Releases the read lock even if the read holding it is cancelled.
+struct UnlockOnDrop<'a>(&'a Lock);
+
+impl Drop for UnlockOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
     }
 }
 

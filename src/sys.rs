@@ -181,7 +181,7 @@ pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
 /// mode; the async paths ask for non-blocking behaviour per call, so that the blocking
 /// paths can simply block (one syscall, no `poll`) and a descriptor shared with another
 /// process behaves the same for both.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Wait {
     /// Fail with `WouldBlock` instead of waiting.
     No,

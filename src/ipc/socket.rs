@@ -64,56 +64,6 @@ impl SocketFd {
         self.fd.as_fd()
     }
 
-    /// Reads exactly `buf.len()` bytes (and any descriptors that come with them),
-    /// waiting through the reactor. `Ok(false)` if the stream ended before the first
-    /// byte; an end in the middle is [`Error::Protocol`].
-    pub(crate) async fn read_exact(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<bool> {
-        let mut control = sys::control_buffer();
-        let mut got = 0;
-        while got < buf.len() {
-            match sys::recv_with_fds(self.fd(), &mut buf[got..], &mut control, fds, Wait::No) {
-                Ok(0) if got == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(Error::Protocol(
-                        "stream ended in the middle of a frame".into(),
-                    ));
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.registration()?.readable().await?.clear_ready();
-                }
-                Err(e) => return Err(Error::from_io(e)),
-            }
-        }
-        Ok(true)
-    }
-
-    /// [`read_exact`](Self::read_exact), blocking the calling thread.
-    pub(crate) fn read_exact_blocking(
-        &self,
-        buf: &mut [u8],
-        fds: &mut Vec<OwnedFd>,
-    ) -> Result<bool> {
-        let mut control = sys::control_buffer();
-        let mut got = 0;
-        while got < buf.len() {
-            match sys::recv_with_fds(self.fd(), &mut buf[got..], &mut control, fds, Wait::Block) {
-                Ok(0) if got == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(Error::Protocol(
-                        "stream ended in the middle of a frame".into(),
-                    ));
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    sys::poll_one(self.fd(), false, -1)?;
-                }
-                Err(e) => return Err(Error::from_io(e)),
-            }
-        }
-        Ok(true)
-    }
-
     /// Waits until the socket is readable (or at end of stream).
     pub(crate) async fn readable(&self) -> Result<()> {
         let reg = self.registration()?;

@@ -40,6 +40,29 @@ pub(crate) struct Notifier {
     seq: SharedMemory,
 }
 
+/// Layout of the shared page: the sequence number and how many waiters of each kind.
+/// A waiter is counted before it last looks at the sequence number, so a notification
+/// after that look reaches it.
+const SEQ: usize = 0;
+const BLOCKING_WAITERS: usize = 4;
+const ASYNC_WAITERS: usize = 8;
+
+/// Counts a waiter for as long as it waits, cancellation included.
+struct Counted<'a>(&'a AtomicU32);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// How often a blocking waiter that watches owners checks whether they died (a futex
 /// cannot wait on a pidfd).
 const OWNER_CHECK: Duration = Duration::from_millis(20);
@@ -52,7 +75,7 @@ impl Notifier {
                 .into();
         Ok(Self::from_parts(
             fd,
-            SharedMemory::named("multiprocess-wake", 4)?,
+            SharedMemory::named("multiprocess-wake", 12)?,
         ))
     }
 
@@ -66,7 +89,11 @@ impl Notifier {
     }
 
     fn seq(&self) -> &AtomicU32 {
-        self.seq.atomic(0)
+        self.seq.atomic(SEQ)
+    }
+
+    fn count(&self, which: usize) -> &AtomicU32 {
+        self.seq.atomic(which)
     }
 
     /// The current sequence number, to pass to `wait` after checking the condition.
@@ -74,11 +101,16 @@ impl Notifier {
         self.seq().load(SeqCst)
     }
 
-    /// Wakes every current waiter, in every process.
+    /// Wakes every current waiter, in every process. System calls only for the kinds
+    /// of waiter there are.
     pub(crate) fn notify(&self) {
         self.seq().fetch_add(1, SeqCst);
-        sys::futex_wake_all(self.seq());
-        let _ = nix::unistd::write(&self.fd, &1u64.to_ne_bytes());
+        if self.count(BLOCKING_WAITERS).load(SeqCst) > 0 {
+            sys::futex_wake_all(self.seq());
+        }
+        if self.count(ASYNC_WAITERS).load(SeqCst) > 0 {
+            let _ = nix::unistd::write(&self.fd, &1u64.to_ne_bytes());
+        }
     }
 
     fn registration(&self) -> Result<&AsyncFd<Raw>> {
@@ -112,6 +144,7 @@ impl Notifier {
     /// Waits until the sequence number moves on from `seen`, or one of `owners` dies.
     pub(crate) async fn wait(&self, seen: u32, owners: &[OwnerWatch]) -> Result<()> {
         let reg = self.registration()?;
+        let _counted = Counted::new(self.count(ASYNC_WAITERS));
         let mut deaths = futures::future::select_all(
             owners
                 .iter()
@@ -148,6 +181,7 @@ impl Notifier {
         owners: &[OwnerWatch],
         deadline: Option<Instant>,
     ) -> Result<bool> {
+        let _counted = Counted::new(self.count(BLOCKING_WAITERS));
         loop {
             if self.observe() != seen {
                 return Ok(true);
@@ -186,18 +220,16 @@ impl<'de> Deserialize<'de> for Notifier {
 
 /// This process's token: pid in the high half, the low bits of its start time in the
 /// low half. Never zero.
+///
+/// Computed once per process image: our children are started by `exec`, which gives
+/// them fresh statics. (A program that forks by hand without exec would share its
+/// parent's token, and must not use these primitives from both sides of that fork.)
 pub(crate) fn token() -> u64 {
-    static TOKEN: Mutex<Option<(u32, u64)>> = Mutex::new(None);
-    let pid = std::process::id();
-    let mut cached = TOKEN.lock().unwrap_or_else(|p| p.into_inner());
-    match *cached {
-        Some((for_pid, token)) if for_pid == pid => token,
-        _ => {
-            let token = make_token(pid, start_time(pid).unwrap_or(0));
-            *cached = Some((pid, token));
-            token
-        }
-    }
+    static TOKEN: OnceLock<u64> = OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let pid = std::process::id();
+        make_token(pid, start_time(pid).unwrap_or(0))
+    })
 }
 
 fn make_token(pid: u32, start: u64) -> u64 {
