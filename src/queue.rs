@@ -237,9 +237,73 @@ impl<T> Queue<T> {
         }
     }
 
+    fn settle_put(&self, sent: Result<()>) -> Result<()> {
+        if let Err(err) = sent {
+            self.word(UNFINISHED).fetch_sub(1, SeqCst);
+            self.unreserve();
+            return Err(match err {
+                Error::Disconnected => Error::Closed,
+                other => other,
+            });
+        }
+        Ok(())
+    }
+
     fn unreserve(&self) {
         self.word(ITEMS).fetch_sub(1, SeqCst);
         self.inner.space.notify();
+    }
+}
+
+/// A message with a reserved place, on its way into the stream. If the `put` is
+/// cancelled before any byte went out, the place is given back; if it is cancelled part
+/// way through the message, the rest is written (blocking: the stream must stay whole
+/// for everyone) and the message counts as put.
+struct PutInFlight<'a, T> {
+    queue: &'a Queue<T>,
+    write: WriteHalf,
+    total: usize,
+    locked: bool,
+    settled: bool,
+}
+
+impl<'a, T> PutInFlight<'a, T> {
+    fn new(queue: &'a Queue<T>, write: WriteHalf) -> Self {
+        let total = write.buffered();
+        PutInFlight {
+            queue,
+            write,
+            total,
+            locked: false,
+            settled: false,
+        }
+    }
+
+    async fn send(mut self) -> Result<()> {
+        self.queue.inner.write_lock.acquire(true).await?;
+        self.locked = true;
+        let flushed = futures::future::poll_fn(|cx| self.write.poll_flush(cx)).await;
+        self.queue.inner.write_lock.unlock();
+        self.locked = false;
+        self.settled = true;
+        self.queue.settle_put(flushed)
+    }
+}
+
+impl<T> Drop for PutInFlight<'_, T> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let started = self.write.buffered() < self.total;
+        if self.locked && started {
+            let _ = self.write.flush_blocking();
+        } else {
+            self.queue.settle_put(Err(Error::Closed)).ok();
+        }
+        if self.locked {
+            self.queue.inner.write_lock.unlock();
+        }
     }
 }
 
@@ -274,29 +338,10 @@ impl<T: Serialize> Queue<T> {
     ///
     /// See [`Queue::close`] for an example.
     pub async fn put(&self, message: T) -> Result<()> {
-        let mut write = self.encode(&message)?;
+        let write = self.encode(&message)?;
         self.reserve().await?;
         self.counted_put();
-        let sent = async {
-            self.inner.write_lock.acquire(true).await?;
-            let flushed = futures::future::poll_fn(|cx| write.poll_flush(cx)).await;
-            self.inner.write_lock.unlock();
-            flushed
-        }
-        .await;
-        self.settle_put(sent)
-    }
-
-    fn settle_put(&self, sent: Result<()>) -> Result<()> {
-        if let Err(err) = sent {
-            self.word(UNFINISHED).fetch_sub(1, SeqCst);
-            self.unreserve();
-            return Err(match err {
-                Error::Disconnected => Error::Closed,
-                other => other,
-            });
-        }
-        Ok(())
+        PutInFlight::new(self, write).send().await
     }
 
     /// Puts a message if there is room now; `Ok(false)` if the queue is full.
@@ -331,22 +376,14 @@ impl<T: Serialize> Queue<T> {
     /// # }
     /// ```
     pub async fn put_timeout(&self, message: T, timeout: Duration) -> Result<()> {
-        let mut write = self.encode(&message)?;
+        let write = self.encode(&message)?;
         match tokio::time::timeout(timeout, self.reserve()).await {
             Ok(reserved) => reserved?,
             Err(_) => return Err(Error::Timeout { after: timeout }),
         }
         self.counted_put();
-        let sent = async {
-            self.inner.write_lock.acquire(true).await?;
-            let flushed = futures::future::poll_fn(|cx| write.poll_flush(cx)).await;
-            self.inner.write_lock.unlock();
-            flushed
-        }
-        .await;
-        self.settle_put(sent)
+        PutInFlight::new(self, write).send().await
     }
-
     /// Puts a message, blocking the calling thread while the queue is full.
     ///
     /// See [`Queue`] for an example.

@@ -2,6 +2,7 @@
 
 mod codec;
 mod connection;
+pub(crate) mod reactor;
 mod socket;
 pub(crate) mod wire;
 

@@ -7,8 +7,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::reactor::ReadableFd;
 use super::wire::{self, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::sys::{self, Wait};
@@ -29,14 +30,6 @@ const MAX_QUEUED_FDS: usize = 4 * sys::MAX_FDS_PER_MESSAGE;
 /// `Sink::poll_ready` flushes once this much is buffered.
 pub(crate) const WRITE_HIGH_WATER: usize = 256 << 10;
 
-struct Raw(RawFd);
-
-impl AsRawFd for Raw {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
 /// The socket both halves share; registered with the reactor on first async read.
 ///
 /// The shared registration asks for readability only. Were it to ask for writability
@@ -45,23 +38,18 @@ impl AsRawFd for Raw {
 /// A writer that finds the socket full registers a duplicate descriptor for
 /// writability instead, and only until the buffer is flushed.
 pub(crate) struct SocketFd {
-    // Declared before `fd` so it deregisters before the descriptor closes.
-    registration: OnceLock<AsyncFd<Raw>>,
-    registering: Mutex<()>,
-    fd: OwnedFd,
+    fd: ReadableFd,
 }
 
 impl SocketFd {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<SocketFd>> {
         Ok(Arc::new(SocketFd {
-            registration: OnceLock::new(),
-            registering: Mutex::new(()),
-            fd,
+            fd: ReadableFd::new(fd),
         }))
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd.fd()
     }
 
     /// Waits until the socket is readable (or at end of stream).
@@ -76,25 +64,8 @@ impl SocketFd {
         }
     }
 
-    fn registration(&self) -> io::Result<&AsyncFd<Raw>> {
-        if let Some(reg) = self.registration.get() {
-            return Ok(reg);
-        }
-        let _lock = self.registering.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(reg) = self.registration.get() {
-            return Ok(reg);
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(io::Error::other(
-                "async I/O outside a tokio runtime; use the *_blocking methods instead",
-            ));
-        }
-        let raw = Raw(self.fd.as_raw_fd());
-        // SAFETY: `self.fd` owns the descriptor and is dropped only after the
-        // registration (field order), so it stays open and the same while registered.
-        let reg = unsafe { AsyncFd::register_with_interest(raw, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        Ok(self.registration.get_or_init(|| reg))
+    fn registration(&self) -> io::Result<&AsyncFd<super::reactor::Raw>> {
+        self.fd.registration()
     }
 }
 

@@ -1,9 +1,9 @@
 //! Wake-ups through an eventfd, and watching another process for its death.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -13,16 +13,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
+use crate::ipc::reactor::ReadableFd;
 use crate::shm::SharedMemory;
 use crate::sys;
-
-struct Raw(RawFd);
-
-impl AsRawFd for Raw {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
 
 /// Wake-ups for one primitive, in every process that holds it.
 ///
@@ -33,10 +26,7 @@ impl AsRawFd for Raw {
 /// an edge; the eventfd is never drained, so one waiter cannot swallow another's
 /// wake-up), blocking waiters through a futex on the sequence number itself.
 pub(crate) struct Notifier {
-    // Declared before `fd` so it deregisters before the descriptor closes.
-    registration: OnceLock<AsyncFd<Raw>>,
-    registering: Mutex<()>,
-    fd: OwnedFd,
+    fd: ReadableFd,
     seq: SharedMemory,
 }
 
@@ -81,9 +71,7 @@ impl Notifier {
 
     fn from_parts(fd: OwnedFd, seq: SharedMemory) -> Notifier {
         Notifier {
-            registration: OnceLock::new(),
-            registering: Mutex::new(()),
-            fd,
+            fd: ReadableFd::new(fd),
             seq,
         }
     }
@@ -109,30 +97,12 @@ impl Notifier {
             sys::futex_wake_all(self.seq());
         }
         if self.count(ASYNC_WAITERS).load(SeqCst) > 0 {
-            let _ = nix::unistd::write(&self.fd, &1u64.to_ne_bytes());
+            let _ = nix::unistd::write(self.fd.fd(), &1u64.to_ne_bytes());
         }
     }
 
-    fn registration(&self) -> Result<&AsyncFd<Raw>> {
-        if let Some(reg) = self.registration.get() {
-            return Ok(reg);
-        }
-        let _lock = self.registering.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(reg) = self.registration.get() {
-            return Ok(reg);
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::Io(io::Error::other(
-                "async wait outside a tokio runtime; use the *_blocking methods instead",
-            )));
-        }
-        // SAFETY: `self.fd` owns the descriptor and outlives the registration (field
-        // order), so it stays open and the same while registered.
-        let reg = unsafe {
-            AsyncFd::register_with_interest(Raw(self.fd.as_raw_fd()), Interest::READABLE)
-        }
-        .map_err(|e| Error::Io(e.into_parts().1))?;
-        Ok(self.registration.get_or_init(|| reg))
+    fn registration(&self) -> Result<&AsyncFd<crate::ipc::reactor::Raw>> {
+        Ok(self.fd.registration()?)
     }
 
     /// Registers with the reactor, so that every notification from now on wakes an
@@ -206,7 +176,11 @@ impl Notifier {
 
 impl Serialize for Notifier {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let fd = self.fd.try_clone().map_err(serde::ser::Error::custom)?;
+        let fd = self
+            .fd
+            .owned()
+            .try_clone()
+            .map_err(serde::ser::Error::custom)?;
         (PassFd(fd), &self.seq).serialize(serializer)
     }
 }
