@@ -123,6 +123,22 @@ impl ExitWatch {
         })
     }
 
+    /// Starts watching a child of ours whose pidfd we already hold.
+    pub(crate) fn from_pidfd(pid: u32, pidfd: OwnedFd) -> ExitWatch {
+        let kind = match reaper() {
+            Reaper::Pidfd => Kind::Pidfd(Pidfd {
+                raw: Some(pidfd),
+                registered: None,
+            }),
+            Reaper::Sigchld => Kind::Sigchld(registry().register(pid)),
+        };
+        ExitWatch {
+            pid,
+            status: None,
+            kind: Some(kind),
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }

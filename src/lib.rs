@@ -79,7 +79,7 @@ pub use ipc::{
 pub use pool::{
     CancelRunning, PoolBuilder, PoolStats, ProcessPool, StatefulPool, TaskHandle, Worker,
 };
-pub use process::{Command, Process, ProcessBuilder, spawn_process};
+pub use process::{Command, Process, ProcessBuilder, StartMethod, spawn_process};
 pub use queue::{JoinableQueue, Queue};
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
 pub use sync::{Barrier, BoundedSemaphore, Event, Lock, LockGuard, Semaphore, SemaphorePermit};

@@ -58,6 +58,7 @@ pub struct PoolBuilder {
     queue_capacity: usize,
     cancel_running: CancelRunning,
     name: String,
+    start_method: Option<crate::StartMethod>,
     init: Option<(i64, i64, serde_bytes::ByteBuf)>,
     init_error: Option<Error>,
 }
@@ -72,6 +73,7 @@ impl Default for PoolBuilder {
             queue_capacity: 1024,
             cancel_running: CancelRunning::Finish,
             name: "pool-worker".into(),
+            start_method: None,
             init: None,
             init_error: None,
         }
@@ -148,6 +150,17 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers (and their replacements) are started (default:
+    /// [`StartMethod::from_env`](crate::StartMethod::from_env)).
+    ///
+    /// ```
+    /// let builder = multiprocess::ProcessPool::builder().start_method(multiprocess::StartMethod::Forkserver);
+    /// ```
+    pub fn start_method(mut self, method: crate::StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
     /// The workers' process name prefix (default `pool-worker`).
     ///
     /// ```
@@ -215,15 +228,19 @@ impl PoolBuilder {
             return Err(err);
         }
         let init = self.init.clone();
-        let spawn = spawner(self.name.clone(), move |builder, conn| {
-            builder.spawn(
-                worker::plain_worker,
-                PlainStart {
-                    conn,
-                    init: init.clone(),
-                },
-            )
-        });
+        let spawn = spawner(
+            self.name.clone(),
+            self.start_method,
+            move |builder, conn| {
+                builder.spawn(
+                    worker::plain_worker,
+                    PlainStart {
+                        conn,
+                        init: init.clone(),
+                    },
+                )
+            },
+        );
         let core = Core::new(self.config(spawn));
         let pool = ProcessPool { core };
         pool.core.start().await?;
@@ -242,13 +259,17 @@ impl PoolBuilder {
             ));
         }
         let init = serde_bytes::ByteBuf::from(bytes);
-        let spawn = spawner(self.name.clone(), move |builder, conn| {
-            let start = StatefulStart {
-                conn,
-                init: init.clone(),
-            };
-            builder.spawn_async(worker::stateful_worker::<W>, start)
-        });
+        let spawn = spawner(
+            self.name.clone(),
+            self.start_method,
+            move |builder, conn| {
+                let start = StatefulStart {
+                    conn,
+                    init: init.clone(),
+                };
+                builder.spawn_async(worker::stateful_worker::<W>, start)
+            },
+        );
         let core = Core::new(self.config(spawn));
         let pool = StatefulPool {
             core,
@@ -260,7 +281,7 @@ impl PoolBuilder {
 }
 
 /// Workers die with the pool's process, are killed with the pool, and carry a name.
-fn spawner<F>(name: String, spawn: F) -> self::core::SpawnWorker
+fn spawner<F>(name: String, method: Option<crate::StartMethod>, spawn: F) -> self::core::SpawnWorker
 where
     F: Fn(
             crate::ProcessBuilder,
@@ -273,10 +294,13 @@ where
     let counter = AtomicU64::new(1);
     Box::new(move |conn| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
-        let builder = Process::builder()
+        let mut builder = Process::builder()
             .name(format!("{name}-{n}"))
             .die_with_parent(true)
             .kill_on_drop(true);
+        if let Some(method) = method {
+            builder = builder.start_method(method);
+        }
         spawn(builder, conn)
     })
 }

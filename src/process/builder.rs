@@ -106,10 +106,11 @@ impl ProcessBuilder {
         self
     }
 
-    /// Whether the child gets `SIGKILL` when its parent dies (`PR_SET_PDEATHSIG`, default
-    /// `false`). Linux ties this to the parent *thread* that spawned the child: spawn from
-    /// a thread that lives as long as the child should (a runtime's worker threads do; a
-    /// `spawn_blocking` thread may exit when idle).
+    /// Whether the child gets `SIGKILL` when its parent process dies
+    /// (`PR_SET_PDEATHSIG`, default `false`). Linux ties that signal to the parent
+    /// *thread*, so such children are spawned from a thread of the crate's that lives as
+    /// long as the process: the child dies with the process, not with whichever thread
+    /// happened to spawn it.
     ///
     /// ```
     /// let builder = multiprocess::Process::builder().die_with_parent(true);
@@ -127,6 +128,24 @@ impl ProcessBuilder {
     /// ```
     pub fn process_group(mut self, pgid: i32) -> Self {
         self.options.process_group = Some(pgid);
+        self
+    }
+
+    /// How the child is started (default: [`StartMethod::from_env`]).
+    ///
+    /// ```
+    /// use multiprocess::{Process, StartMethod};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = Process::builder()
+    ///     .start_method(StartMethod::Forkserver)
+    ///     .spawn(|x: u32| x * 3, 14)?;
+    /// assert_eq!(child.join().await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_method(mut self, method: crate::StartMethod) -> Self {
+        self.options.start_method = Some(method);
         self
     }
 

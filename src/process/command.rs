@@ -10,7 +10,7 @@ use super::Process;
 use super::options::Options;
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
-use crate::start::spawn::watch_or_kill;
+use crate::start::spawn::{spawn_command, watch_or_kill};
 use crate::{exit, sys};
 
 /// An external program, started with the same handle semantics as a function child:
@@ -201,7 +201,7 @@ impl Command {
         }
         let inherited = self.prepare_channels()?;
         self.install_pre_exec(&mut command, &inherited);
-        let spawned = command.spawn();
+        let spawned = spawn_command(command, self.options.die_with_parent);
         self.channels.clear();
         drop(inherited);
         let mut child = spawned.map_err(|source| Error::Spawn {

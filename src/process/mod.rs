@@ -7,6 +7,7 @@ mod options;
 pub use builder::ProcessBuilder;
 pub use command::Command;
 pub(crate) use options::Options;
+pub use options::StartMethod;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};

@@ -66,9 +66,15 @@ fn child_main() -> i32 {
     // single thread, so nothing can read the environment concurrently.
     unsafe { std::env::remove_var(CHILD_ENV) };
     sys::ignore_sigpipe();
-    let Some(mut control) = take_control_socket() else {
+    let Some(control) = take_control_socket() else {
         return EXIT_FAILED;
     };
+    run_with_control(control)
+}
+
+/// Runs what the parent asks for over `control`: shared by re-executed children and
+/// children forked by the fork server.
+fn run_with_control(mut control: Control) -> i32 {
     let start: Start = match control.read.recv_blocking(None) {
         Some(Ok(start)) => start,
         // The parent went away (or is not a parent of ours) before saying what to run.
@@ -96,12 +102,32 @@ fn child_main() -> i32 {
 fn take_control_socket() -> Option<Control> {
     let fd = sys::dup_cloexec(std::io::stdin().as_fd(), 3).ok()?;
     sys::stdin_from_dev_null().ok()?;
+    control_on(fd)
+}
+
+fn control_on(fd: std::os::fd::OwnedFd) -> Option<Control> {
     let socket = SocketFd::new(fd).ok()?;
     Some(Control {
         read: ReadHalf::new(socket.clone()),
         write: WriteHalf::new(socket.clone()),
         socket,
     })
+}
+
+/// The body of a child forked by the fork server: it starts as a copy of the server,
+/// so it first sheds what was the server's (descriptors, panic hook), then runs as any
+/// child does. Never returns.
+pub(crate) fn forked_child(control: std::os::fd::OwnedFd) -> ! {
+    drop(std::panic::take_hook());
+    let code = match sys::keep_only(control).ok().and_then(control_on) {
+        Some(control) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_control(control)))
+                .unwrap_or(EXIT_FAILED)
+        }
+        None => EXIT_FAILED,
+    };
+    flush_stdio();
+    std::process::exit(code);
 }
 
 /// Arms `PR_SET_PDEATHSIG`, then checks the parent did not die before that took effect.

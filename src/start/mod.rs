@@ -4,7 +4,9 @@
 //! bootstrap (see `child`) before `main`, learns over its control socket which function
 //! to run, checks it is the same build as its parent, runs the function and reports.
 
+pub(crate) mod anchor;
 mod child;
+mod forkserver;
 pub(crate) mod identity;
 pub(crate) mod protocol;
 pub(crate) mod spawn;

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use serde::Serialize;
 
 use super::child::{self, Entry};
+use super::forkserver;
 use super::identity;
 use super::protocol::{CHILD_ENV, Start};
 use crate::error::{Error, Result};
@@ -55,22 +56,41 @@ pub(crate) fn spawn_function<A: Serialize>(
     })?;
     write.encode(arg)?;
 
-    let mut command = std::process::Command::new("/proc/self/exe");
-    command.arg0(name);
-    options.apply(&mut command);
-    command.env(CHILD_ENV, "1").stdin(Stdio::from(child_end));
-    let child = command.spawn().map_err(|source| Error::Spawn {
-        program: name.to_string(),
-        source,
-    })?;
-    drop(command);
-    let watch = watch_or_kill(child)?;
+    let watch = if options.use_forkserver() {
+        let (pid, pidfd) = forkserver::fork_child(&child_end)?;
+        drop(child_end);
+        ExitWatch::from_pidfd(pid, pidfd)
+    } else {
+        let mut command = std::process::Command::new("/proc/self/exe");
+        command.arg0(name);
+        options.apply(&mut command);
+        command.env(CHILD_ENV, "1").stdin(Stdio::from(child_end));
+        let child =
+            spawn_command(command, options.die_with_parent).map_err(|source| Error::Spawn {
+                program: name.to_string(),
+                source,
+            })?;
+        watch_or_kill(child)?
+    };
     tracing::debug!(pid = watch.pid(), name, "spawned function child");
     flush_in_background(write);
     Ok(Spawned {
         watch,
         control: ReadHalf::new(socket),
     })
+}
+
+/// Spawns `command`; from the anchor thread when the child must die with us, so that
+/// its parent thread is one that never exits.
+pub(crate) fn spawn_command(
+    mut command: std::process::Command,
+    die_with_parent: bool,
+) -> io::Result<std::process::Child> {
+    if die_with_parent {
+        super::anchor::run(move || command.spawn())
+    } else {
+        command.spawn()
+    }
 }
 
 /// Starts watching a just-spawned child; if that fails the child is killed and reaped
