@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use multiprocess::{Connection, PassFd, spawn_process};
+use multiprocess::{Connection, PassFd, Process, StartMethod, spawn_process};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -130,7 +130,32 @@ fn bench_spawn(c: &mut Criterion) {
     });
     group.bench_function("spawn_process + join", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut child = spawn_process(trivial, 1).unwrap();
+            let mut child = Process::builder()
+                .start_method(StartMethod::Exec)
+                .spawn(trivial, 1)
+                .unwrap();
+            assert_eq!(child.join().await.unwrap(), 2);
+        })
+    });
+    group.bench_function("floor: raw fork + waitpid", |b| {
+        b.iter(|| {
+            // SAFETY: the child only calls _exit, which is async-signal-safe, so forking
+            // this multi-threaded process is sound.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: _exit ends the forked child at once, running nothing else.
+                unsafe { libc::_exit(0) };
+            }
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+            assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)));
+        })
+    });
+    group.bench_function("spawn_process + join, fork server", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut child = Process::builder()
+                .start_method(StartMethod::Forkserver)
+                .spawn(trivial, 1)
+                .unwrap();
             assert_eq!(child.join().await.unwrap(), 2);
         })
     });

@@ -131,7 +131,7 @@ impl ProcessBuilder {
         self
     }
 
-    /// How the child is started (default: [`StartMethod::from_env`]).
+    /// How the child is started (default: [`StartMethod::from_env`](crate::StartMethod::from_env)).
     ///
     /// ```
     /// use multiprocess::{Process, StartMethod};

@@ -24,8 +24,9 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    /// The default: `MULTIPROCESS_START_METHOD=forkserver` (or `exec`) in the
-    /// environment, otherwise `Exec`.
+    /// The default: `Forkserver`, unless `MULTIPROCESS_START_METHOD=exec` is in the
+    /// environment. (Where the kernel cannot fork for the server, spawns fall back to
+    /// `Exec` by themselves.)
     ///
     /// ```
     /// let method = multiprocess::StartMethod::from_env();

@@ -56,8 +56,15 @@ pub(crate) fn spawn_function<A: Serialize>(
     })?;
     write.encode(arg)?;
 
-    let watch = if options.use_forkserver() {
-        let (pid, pidfd) = forkserver::fork_child(&child_end)?;
+    let forked = match options.use_forkserver() {
+        true => forkserver::fork_child(&child_end)
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "fork server unavailable; starting by exec"),
+            )
+            .ok(),
+        false => None,
+    };
+    let watch = if let Some((pid, pidfd)) = forked {
         drop(child_end);
         ExitWatch::from_pidfd(pid, pidfd)
     } else {
