@@ -122,3 +122,37 @@ async fn a_pool_on_the_fork_server() {
     drop(pool);
     leaks.finish_ignoring_forkserver().await;
 }
+
+#[tokio::test]
+async fn a_dead_fork_server_is_replaced() {
+    let leaks = common::LeakCheck::start().await;
+    let first = forked()
+        .spawn(parent_and_self, ())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
+    assert_eq!(first.0, std::process::id());
+    let servers: Vec<u32> = common::children()
+        .iter()
+        .filter(|(pid, state)| *state != 'Z' && common::is_forkserver(*pid))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(servers[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(common::await_exit_of(servers[0], Duration::from_secs(20)).await);
+    // The next spawn notices, reaps the old server and starts a new one.
+    let (parent, _) = forked()
+        .spawn(parent_and_self, ())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
+    assert_eq!(parent, std::process::id());
+    assert!(!common::exists(servers[0]), "the dead server was reaped");
+    leaks.finish().await;
+}
