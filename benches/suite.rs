@@ -20,7 +20,11 @@ fn trivial(x: u32) -> u32 {
 }
 
 fn fib(n: u32) -> u64 {
-    if n < 2 { n as u64 } else { fib(n - 1) + fib(n - 2) }
+    if n < 2 {
+        n as u64
+    } else {
+        fib(n - 1) + fib(n - 2)
+    }
 }
 
 struct Stats {
@@ -40,7 +44,10 @@ async fn ours(method: StartMethod, runs: usize) -> Stats {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        let mut child = Process::builder().start_method(method).spawn(trivial, 1).unwrap();
+        let mut child = Process::builder()
+            .start_method(method)
+            .spawn(trivial, 1)
+            .unwrap();
         assert_eq!(child.join().await.unwrap(), 2);
         times.push(start.elapsed());
     }
@@ -67,7 +74,10 @@ async fn tokio_true(runs: usize) -> Stats {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        let status = tokio::process::Command::new("/bin/true").status().await.unwrap();
+        let status = tokio::process::Command::new("/bin/true")
+            .status()
+            .await
+            .unwrap();
         assert!(status.success());
         times.push(start.elapsed());
     }
@@ -88,9 +98,19 @@ fn procspawn_runs(runs: usize) -> Stats {
 async fn thousand(method: StartMethod) -> Duration {
     let start = Instant::now();
     let children: Vec<_> = (0..1000u32)
-        .map(|i| Process::builder().start_method(method).spawn(trivial, i).unwrap())
+        .map(|i| {
+            Process::builder()
+                .start_method(method)
+                .spawn(trivial, i)
+                .unwrap()
+        })
         .collect();
-    let joined = futures::future::join_all(children.into_iter().map(std::future::IntoFuture::into_future)).await;
+    let joined = futures::future::join_all(
+        children
+            .into_iter()
+            .map(std::future::IntoFuture::into_future),
+    )
+    .await;
     for (i, result) in joined.into_iter().enumerate() {
         assert_eq!(result.unwrap(), i as u32 + 1);
     }
@@ -107,7 +127,10 @@ fn memory_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field(format!("/proc/{pid}/status"), "VmRSS:"), field(format!("/proc/{pid}/smaps_rollup"), "Pss:"))
+    (
+        field(format!("/proc/{pid}/status"), "VmRSS:"),
+        field(format!("/proc/{pid}/smaps_rollup"), "Pss:"),
+    )
 }
 
 fn worker_pid(_: u32) -> u32 {
@@ -117,13 +140,23 @@ fn worker_pid(_: u32) -> u32 {
 
 async fn idle_worker_memory() -> (u64, u64) {
     let pool = ProcessPool::new(2).await.unwrap();
-    let pids: Vec<u32> = pool.map_chunked(worker_pid, 0..20, 1).try_collect().await.unwrap();
+    let pids: Vec<u32> = pool
+        .map_chunked(worker_pid, 0..20, 1)
+        .try_collect()
+        .await
+        .unwrap();
     let mut distinct = pids.clone();
     distinct.sort();
     distinct.dedup();
-    let sums = distinct.iter().map(|p| memory_kib(*p)).fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
+    let sums = distinct
+        .iter()
+        .map(|p| memory_kib(*p))
+        .fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     pool.close().await;
-    (sums.0 / distinct.len() as u64, sums.1 / distinct.len() as u64)
+    (
+        sums.0 / distinct.len() as u64,
+        sums.1 / distinct.len() as u64,
+    )
 }
 
 async fn cpu_speedup() -> (usize, Duration, Duration) {
@@ -131,7 +164,11 @@ async fn cpu_speedup() -> (usize, Duration, Duration) {
     let run = |workers: usize| async move {
         let pool = ProcessPool::new(workers).await.unwrap();
         let start = Instant::now();
-        let out: Vec<u64> = pool.map_chunked(fib, vec![31u32; 16 * cores], 1).try_collect().await.unwrap();
+        let out: Vec<u64> = pool
+            .map_chunked(fib, vec![31u32; 16 * cores], 1)
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(out.len(), 16 * cores);
         let took = start.elapsed();
         pool.close().await;
@@ -142,7 +179,9 @@ async fn cpu_speedup() -> (usize, Duration, Duration) {
 
 /// The number after `"key"` (and after `"sub"` inside it, if given) in the peer's JSON.
 fn json_number(text: &str, key: &str, sub: Option<&str>) -> f64 {
-    let Some(mut at) = text.find(&format!("\"{key}\"")) else { return f64::NAN };
+    let Some(mut at) = text.find(&format!("\"{key}\"")) else {
+        return f64::NAN;
+    };
     if let Some(sub) = sub {
         match text[at..].find(&format!("\"{sub}\"")) {
             Some(offset) => at += offset,
@@ -160,8 +199,15 @@ fn json_number(text: &str, key: &str, sub: Option<&str>) -> f64 {
 
 fn python_peer() -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/suite_peer.py");
-    let out = std::process::Command::new("python3").arg(script).output().expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -178,40 +224,82 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let floor = raw_fork(500);
-    let (server, exec, tokio_p, thousand_server, thousand_exec, memory, (cores, one, all)) = rt.block_on(async {
-        ours(StartMethod::Forkserver, 20).await; // warm up the fork server
-        (
-            ours(StartMethod::Forkserver, 300).await,
-            ours(StartMethod::Exec, 200).await,
-            tokio_true(200).await,
-            thousand(StartMethod::Forkserver).await,
-            thousand(StartMethod::Exec).await,
-            idle_worker_memory().await,
-            cpu_speedup().await,
-        )
-    });
+    let (server, exec, tokio_p, thousand_server, thousand_exec, memory, (cores, one, all)) = rt
+        .block_on(async {
+            ours(StartMethod::Forkserver, 20).await; // warm up the fork server
+            (
+                ours(StartMethod::Forkserver, 300).await,
+                ours(StartMethod::Exec, 200).await,
+                tokio_true(200).await,
+                thousand(StartMethod::Forkserver).await,
+                thousand(StartMethod::Exec).await,
+                idle_worker_memory().await,
+                cpu_speedup().await,
+            )
+        });
     let procspawn_stats = procspawn_runs(100);
     let peer = python_peer();
-    let py = |method: &str, which: &str| json_number(&peer, &format!("latency_{method}"), Some(which));
+    let py =
+        |method: &str, which: &str| json_number(&peer, &format!("latency_{method}"), Some(which));
 
     let ratio = |d: f64| format!("{:.2}×", d / floor.median.as_secs_f64());
     let mut table = String::new();
-    table.push_str("| spawn + join of a trivial function | median | p99 | vs raw fork |\n|---|---|---|---|\n");
+    table.push_str(
+        "| spawn + join of a trivial function | median | p99 | vs raw fork |\n|---|---|---|---|\n",
+    );
     let mut row = |what: &str, median: f64, p99: f64| {
-        table.push_str(&format!("| {what} | {} | {} | {} |\n", ms_f(median), ms_f(p99), ratio(median)));
+        table.push_str(&format!(
+            "| {what} | {} | {} | {} |\n",
+            ms_f(median),
+            ms_f(p99),
+            ratio(median)
+        ));
     };
-    row("**multiprocess, fork server** (target ≤ 2× raw fork)", server.median.as_secs_f64(), server.p99.as_secs_f64());
-    row("multiprocess, exec", exec.median.as_secs_f64(), exec.p99.as_secs_f64());
-    row("floor: raw fork + waitpid", floor.median.as_secs_f64(), floor.p99.as_secs_f64());
-    row("tokio::process `/bin/true`", tokio_p.median.as_secs_f64(), tokio_p.p99.as_secs_f64());
-    row("procspawn", procspawn_stats.median.as_secs_f64(), procspawn_stats.p99.as_secs_f64());
+    row(
+        "**multiprocess, fork server** (target ≤ 2× raw fork)",
+        server.median.as_secs_f64(),
+        server.p99.as_secs_f64(),
+    );
+    row(
+        "multiprocess, exec",
+        exec.median.as_secs_f64(),
+        exec.p99.as_secs_f64(),
+    );
+    row(
+        "floor: raw fork + waitpid",
+        floor.median.as_secs_f64(),
+        floor.p99.as_secs_f64(),
+    );
+    row(
+        "tokio::process `/bin/true`",
+        tokio_p.median.as_secs_f64(),
+        tokio_p.p99.as_secs_f64(),
+    );
+    row(
+        "procspawn",
+        procspawn_stats.median.as_secs_f64(),
+        procspawn_stats.p99.as_secs_f64(),
+    );
     for method in ["fork", "forkserver", "spawn"] {
-        row(&format!("Python multiprocessing, {method}"), py(method, "median"), py(method, "p99"));
+        row(
+            &format!("Python multiprocessing, {method}"),
+            py(method, "median"),
+            py(method, "p99"),
+        );
     }
-    let met = if server.median.as_secs_f64() <= 2.0 * floor.median.as_secs_f64() { "yes" } else { "**no**" };
-    table.push_str(&format!("\nFork-server target (≤ 2× raw fork) met: {met}.\n\n"));
+    let met = if server.median.as_secs_f64() <= 2.0 * floor.median.as_secs_f64() {
+        "yes"
+    } else {
+        "**no**"
+    };
+    table.push_str(&format!(
+        "\nFork-server target (≤ 2× raw fork) met: {met}.\n\n"
+    ));
     table.push_str("| figure | multiprocess | peer |\n|---|---|---|\n");
     table.push_str(&format!(
         "| 1,000 children spawned at once, all awaited (wall) | {} fork server, {} exec | {} Python fork |\n",
@@ -239,7 +327,10 @@ fn main() {
     );
     let table = header + &table;
     println!("{table}");
-    let _ = std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/suite-table.md"), &table);
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/suite-table.md"),
+        &table,
+    );
 }
 
 fn json_text(text: &str, key: &str) -> String {
