@@ -82,7 +82,9 @@ pub use pool::{
 pub use process::{Command, Process, ProcessBuilder, StartMethod, spawn_process};
 pub use queue::{JoinableQueue, Queue};
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
-pub use sync::{Barrier, BoundedSemaphore, Event, Lock, LockGuard, Semaphore, SemaphorePermit};
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, Semaphore, SemaphorePermit,
+};
 
 /// Signals, as accepted by [`Process::signal`].
 ///

@@ -255,3 +255,42 @@ async fn shared_memory_written_by_a_child_is_read_by_the_parent() {
     drop((mem, array, value, buf));
     leaks.finish().await;
 }
+
+fn wait_for_turn(args: (multiprocess::Condition, Value<u32>, u32)) -> u32 {
+    let (cond, turn, me) = args;
+    let guard = cond.lock_blocking().unwrap();
+    let mut guard = guard;
+    while turn.get() != me {
+        guard = cond.wait_blocking(guard).unwrap();
+    }
+    turn.set(me + 1);
+    cond.notify_all();
+    drop(guard);
+    me
+}
+
+#[tokio::test]
+async fn a_condition_hands_turns_between_processes() {
+    let leaks = common::LeakCheck::start().await;
+    let cond = multiprocess::Condition::new().unwrap();
+    let turn = Value::new(0u32).unwrap();
+    // Started in reverse order: each must wait for the one before it.
+    let children: Vec<_> = (1..=4u32)
+        .rev()
+        .map(|me| spawn_process(wait_for_turn, (cond.clone(), turn.clone(), me)).unwrap())
+        .collect();
+    {
+        let _held = cond.lock().await.unwrap();
+        turn.set(1);
+        cond.notify_all();
+    }
+    let guard = cond.lock().await.unwrap();
+    let guard = cond.wait_while(guard, || turn.get() != 5).await.unwrap();
+    drop(guard);
+    for child in children {
+        child.await.unwrap();
+    }
+    assert_eq!(turn.get(), 5);
+    drop((cond, turn));
+    leaks.finish().await;
+}

@@ -88,6 +88,14 @@ pub struct LockGuard<'a> {
     lock: &'a Lock,
 }
 
+impl LockGuard<'_> {
+    /// Whether this guard holds `lock` (or a handle to the same lock).
+    pub(crate) fn is_of(&self, lock: &Lock) -> bool {
+        std::sync::Arc::ptr_eq(&self.lock.inner, &lock.inner)
+            || self.lock.page_id() == lock.page_id()
+    }
+}
+
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         self.lock.release();
@@ -124,6 +132,11 @@ impl Lock {
                 wake: Notifier::new()?,
             }),
         })
+    }
+
+    /// Identifies the lock's shared page, the same in every handle to it.
+    fn page_id(&self) -> *const AtomicU64 {
+        self.owner()
     }
 
     fn owner(&self) -> &AtomicU64 {

@@ -1,4 +1,5 @@
-//! Cross-process synchronisation: [`Lock`], [`Semaphore`], [`Event`], [`Barrier`].
+//! Cross-process synchronisation: [`Lock`], [`Semaphore`], [`Event`], [`Barrier`],
+//! [`Condition`].
 //!
 //! Each primitive keeps its state in a small shared-memory page (atomics only) and
 //! wakes waiters through an eventfd, which tokio's reactor watches: no runtime thread
@@ -8,12 +9,14 @@
 //! when a holder dies, the next waiter learns of it at once instead of waiting forever.
 
 mod barrier;
+mod condition;
 mod event;
 mod lock;
 mod notifier;
 mod semaphore;
 
 pub use barrier::Barrier;
+pub use condition::Condition;
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
