@@ -39,12 +39,19 @@
 //!
 //! # How a child starts
 //!
-//! A function child is this same program executed again (`/proc/self/exe`). A hook the
-//! crate places in the binary's initialisation runs before `main`, learns which function
-//! to run over a private socket, checks the binary is the very same build as the
-//! parent's, runs it and reports. Nothing needs to be added to `main`, and the child
-//! never starts your runtime or runs your start-up code. This works the same in
-//! binaries, examples, `cargo test` integration tests and doc tests.
+//! By default a function child is forked from a small zygote process (the fork
+//! server), itself started by executing this program again, so it is born clean and
+//! single-threaded whatever your process holds; the child is still your process's own
+//! child. [`StartMethod::Exec`] starts each child by executing the program again. Either
+//! way a hook the crate places in the binary's initialisation runs before `main`,
+//! learns over a private socket which function to run, checks the binary is the very
+//! same build as the parent's, runs it and reports. Nothing needs to be added to
+//! `main`, and the child never starts your runtime or runs your start-up code. This
+//! works the same in binaries, examples, `cargo test` integration tests and doc tests.
+//!
+//! Beyond single children: [`ProcessPool`] for pooled work, [`Queue`], [`Lock`],
+//! [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] and [`SharedMemory`] across
+//! processes.
 //!
 //! # Guarantees
 //!
@@ -85,6 +92,10 @@ pub use shm::{Array, AtomicInt, SharedMemory, Value};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, Semaphore, SemaphorePermit,
 };
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// Signals, as accepted by [`Process::signal`].
 ///

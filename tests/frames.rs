@@ -148,3 +148,57 @@ fn descriptors_we_receive_are_close_on_exec() {
     let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
     assert_ne!(flags & libc::FD_CLOEXEC, 0);
 }
+
+/// A real child that writes half a frame into the socket it was given, then exits.
+fn half_a_frame(PassFd(fd): PassFd) {
+    let mut socket = std::fs::File::from(fd);
+    let mut bytes = 100u32.to_le_bytes().to_vec();
+    bytes.extend([0, 0xA7, 0, 0]);
+    bytes.extend([b'x'; 40]);
+    socket.write_all(&bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_dies_mid_frame() {
+    let leaks = common::LeakCheck::start().await;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut conn = Connection::<(), String>::from_fd(OwnedFd::from(ours)).unwrap();
+    let mut child = spawn_process(half_a_frame, PassFd(OwnedFd::from(theirs))).unwrap();
+    child.join().await.unwrap();
+    match conn.recv().await {
+        Err(Error::Protocol(msg)) => assert!(msg.contains("middle of a frame"), "{msg}"),
+        other => panic!("expected a truncation error, got {other:?}"),
+    }
+    assert!(matches!(conn.recv().await, Err(Error::Disconnected)));
+    drop((child, conn));
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_huge_announced_frame_costs_only_what_arrived() {
+    // Announces just under the maximum, sends a little, then hangs up: the reader must
+    // fail on the truncation without having reserved the announced size.
+    let (mut conn, mut peer) = raw_peer::<(), Vec<u8>>();
+    let announced = (multiprocess::DEFAULT_MAX_FRAME_LEN - 1) as u32;
+    let mut bytes = header(announced, 0);
+    bytes.extend([1u8; 1000]);
+    peer.write_all(&bytes).unwrap();
+    drop(peer);
+    let before = resident_kib();
+    assert!(matches!(conn.recv().await, Err(Error::Protocol(_))));
+    let grown = resident_kib().saturating_sub(before);
+    assert!(
+        grown < 64 << 10,
+        "reading grew memory by {grown} KiB for 1 KB received"
+    );
+}
+
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}

@@ -193,7 +193,11 @@ impl ReadHalf {
         } else {
             HEADER_LEN
         };
-        let want = frame_total.saturating_sub(available).max(READ_CHUNK);
+        // Room for the rest of the frame, but never more than what has arrived so far
+        // (at least a chunk): a peer announcing a huge frame and sending nothing more
+        // costs us what it sent, not what it announced.
+        let missing = frame_total.saturating_sub(available);
+        let want = READ_CHUNK.max(missing.min(available));
         if self.buf.len() - self.end >= want {
             return;
         }

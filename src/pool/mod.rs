@@ -643,6 +643,13 @@ impl Drop for ProcessPool {
     }
 }
 
+/// Decodes the pool's wire messages from arbitrary bytes (for fuzzing).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    let _ = wire::decode_payload::<protocol::JobIn>(data, Vec::new());
+    let _ = wire::decode_payload::<protocol::FromWorker>(data, Vec::new());
+}
+
 /// Python's rule: about four chunks per worker when the length is known.
 fn auto_chunk_size((low, high): (usize, Option<usize>), workers: usize) -> usize {
     let len = high.unwrap_or(low);
