@@ -313,7 +313,9 @@ pub(crate) fn reap_orphans() {
     };
     drop(finished);
     if reaper() == Reaper::Sigchld {
-        registry().sweep();
+        // Only the orphans: awaited children are the driver's business, and sweeping
+        // them all on every spawn would make spawning n children cost n² waitpids.
+        registry().sweep(true);
     }
 }
 
@@ -379,9 +381,13 @@ impl Registry {
 
     /// One pass of `waitpid(pid, WNOHANG)` over our children; wakes those that exited
     /// and drops orphans once reaped.
-    fn sweep(&self) {
-        let slots: Vec<(u32, Arc<Slot>)> =
-            self.lock().iter().map(|(p, s)| (*p, s.clone())).collect();
+    fn sweep(&self, only_orphans: bool) {
+        let slots: Vec<(u32, Arc<Slot>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| !only_orphans || s.orphan.load(Ordering::Acquire))
+            .map(|(p, s)| (*p, s.clone()))
+            .collect();
         let mut reaped_orphans = Vec::new();
         for (pid, slot) in slots {
             let exited = !matches!(slot.try_reap(pid), Ok(None));
@@ -437,7 +443,7 @@ impl Registry {
             let _guard = guard;
             loop {
                 // The stream exists before this sweep, so no exit can slip between them.
-                registry().sweep();
+                registry().sweep(false);
                 if signals.recv().await.is_none() {
                     break;
                 }
