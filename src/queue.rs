@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ipc::wire::{self, HEADER_LEN};
 use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
-use crate::sync::{Lock, Notifier};
+use crate::sync::{Counted, Lock, Notifier};
 
 const CAPACITY: usize = 0;
 const ITEMS: usize = 4;
@@ -213,7 +213,7 @@ impl<T> Queue<T> {
             return Ok(());
         }
         self.inner.space.arm()?;
-        let _waiting = SpaceWaiter::new(self.word(SPACE_WAITERS));
+        let _waiting = Counted::new(self.word(SPACE_WAITERS));
         loop {
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
@@ -227,7 +227,7 @@ impl<T> Queue<T> {
         if self.try_reserve()? {
             return Ok(());
         }
-        let _waiting = SpaceWaiter::new(self.word(SPACE_WAITERS));
+        let _waiting = Counted::new(self.word(SPACE_WAITERS));
         loop {
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
@@ -304,22 +304,6 @@ impl<T> Drop for PutInFlight<'_, T> {
         if self.locked {
             self.queue.inner.write_lock.unlock();
         }
-    }
-}
-
-/// Counts a producer waiting for room, so consumers notify only when someone waits.
-struct SpaceWaiter<'a>(&'a AtomicU32);
-
-impl<'a> SpaceWaiter<'a> {
-    fn new(waiters: &'a AtomicU32) -> Self {
-        waiters.fetch_add(1, SeqCst);
-        SpaceWaiter(waiters)
-    }
-}
-
-impl Drop for SpaceWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Notifier, token, watch_owner};
+use super::{Counted, Notifier, token, watch_owner};
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
 
@@ -99,22 +99,6 @@ impl LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         self.lock.release();
-    }
-}
-
-/// Counts this task among the waiters for as long as it waits, cancellation included.
-struct Waiting<'a>(&'a AtomicU32);
-
-impl<'a> Waiting<'a> {
-    fn new(waiters: &'a AtomicU32) -> Self {
-        waiters.fetch_add(1, SeqCst);
-        Waiting(waiters)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -236,7 +220,7 @@ impl Lock {
                 return Ok(());
             }
             self.inner.wake.arm()?;
-            let _waiting = Waiting::new(self.waiters());
+            let _waiting = Counted::new(self.waiters());
             let seen = self.inner.wake.observe();
             if self.try_take() {
                 return Ok(());
@@ -276,7 +260,7 @@ impl Lock {
             if self.try_take() {
                 return Ok(true);
             }
-            let _waiting = Waiting::new(self.waiters());
+            let _waiting = Counted::new(self.waiters());
             let seen = self.inner.wake.observe();
             if self.try_take() {
                 return Ok(true);

@@ -21,4 +21,4 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
-pub(crate) use notifier::{Notifier, OwnerWatch, token, watch_owner};
+pub(crate) use notifier::{Counted, Notifier, OwnerWatch, token, watch_owner};

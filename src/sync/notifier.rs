@@ -37,11 +37,12 @@ const SEQ: usize = 0;
 const BLOCKING_WAITERS: usize = 4;
 const ASYNC_WAITERS: usize = 8;
 
-/// Counts a waiter for as long as it waits, cancellation included.
-struct Counted<'a>(&'a AtomicU32);
+/// Counts a waiter in a shared word for as long as it waits, cancellation included, so
+/// that whoever changes the state knows whether anyone needs waking.
+pub(crate) struct Counted<'a>(&'a AtomicU32);
 
 impl<'a> Counted<'a> {
-    fn new(count: &'a AtomicU32) -> Self {
+    pub(crate) fn new(count: &'a AtomicU32) -> Self {
         count.fetch_add(1, SeqCst);
         Counted(count)
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::Lock;
-use super::{Notifier, OwnerWatch, token, watch_owner};
+use super::{Counted, Notifier, OwnerWatch, token, watch_owner};
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
 
@@ -95,14 +95,6 @@ impl SemaphorePermit<'_> {
 impl Drop for SemaphorePermit<'_> {
     fn drop(&mut self) {
         let _ = self.sem.release_blocking_meta();
-    }
-}
-
-struct Waiting<'a>(&'a AtomicU32);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -239,8 +231,7 @@ impl Semaphore {
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>> {
         loop {
             self.inner.wake.arm()?;
-            self.word(WAITERS).fetch_add(1, SeqCst);
-            let waiting = Waiting(self.word(WAITERS));
+            let waiting = Counted::new(self.word(WAITERS));
             let seen = self.inner.wake.observe();
             self.inner.meta.acquire(true).await?;
             let taken = self.take_locked();
@@ -266,8 +257,7 @@ impl Semaphore {
     /// ```
     pub fn acquire_blocking(&self) -> Result<SemaphorePermit<'_>> {
         loop {
-            self.word(WAITERS).fetch_add(1, SeqCst);
-            let _waiting = Waiting(self.word(WAITERS));
+            let _waiting = Counted::new(self.word(WAITERS));
             let seen = self.inner.wake.observe();
             self.inner.meta.acquire_blocking(true, None)?;
             let taken = self.take_locked();
