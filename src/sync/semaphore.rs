@@ -98,6 +98,15 @@ impl Drop for SemaphorePermit<'_> {
     }
 }
 
+/// What one try at a permit found.
+enum Attempt {
+    Taken,
+    /// A dead holder's permits were just reclaimed: try again at once.
+    Retry,
+    /// Wait for a release or for one of these holders to die.
+    Wait(Vec<OwnerWatch>),
+}
+
 impl Semaphore {
     /// A semaphore with `permits` permits.
     ///
@@ -215,6 +224,23 @@ impl Semaphore {
         Ok((watches, reclaimed))
     }
 
+    /// With the meta lock held (and released here): takes a permit, or says whose
+    /// death to watch for while waiting.
+    fn attempt_locked(&self) -> Result<Attempt> {
+        let taken = self.take_locked();
+        let holders = self.other_holders();
+        self.inner.meta.unlock();
+        if taken? {
+            return Ok(Attempt::Taken);
+        }
+        let (watches, reclaimed) = self.watch_holders(holders)?;
+        Ok(if reclaimed {
+            Attempt::Retry
+        } else {
+            Attempt::Wait(watches)
+        })
+    }
+
     /// Takes a permit without waiting; `Ok(None)` if there is none.
     ///
     /// See [`Semaphore`] for an example.
@@ -234,15 +260,10 @@ impl Semaphore {
             let waiting = Counted::new(self.word(WAITERS));
             let seen = self.inner.wake.observe();
             self.inner.meta.acquire(true).await?;
-            let taken = self.take_locked();
-            let holders = self.other_holders();
-            self.inner.meta.unlock();
-            if taken? {
-                return Ok(SemaphorePermit { sem: self });
-            }
-            let (watches, reclaimed) = self.watch_holders(holders)?;
-            if !reclaimed {
-                self.inner.wake.wait(seen, &watches).await?;
+            match self.attempt_locked()? {
+                Attempt::Taken => return Ok(SemaphorePermit { sem: self }),
+                Attempt::Retry => {}
+                Attempt::Wait(watches) => self.inner.wake.wait(seen, &watches).await?,
             }
             drop(waiting);
         }
@@ -260,15 +281,12 @@ impl Semaphore {
             let _waiting = Counted::new(self.word(WAITERS));
             let seen = self.inner.wake.observe();
             self.inner.meta.acquire_blocking(true, None)?;
-            let taken = self.take_locked();
-            let holders = self.other_holders();
-            self.inner.meta.unlock();
-            if taken? {
-                return Ok(SemaphorePermit { sem: self });
-            }
-            let (watches, reclaimed) = self.watch_holders(holders)?;
-            if !reclaimed {
-                self.inner.wake.wait_blocking(seen, &watches, None)?;
+            match self.attempt_locked()? {
+                Attempt::Taken => return Ok(SemaphorePermit { sem: self }),
+                Attempt::Retry => {}
+                Attempt::Wait(watches) => {
+                    self.inner.wake.wait_blocking(seen, &watches, None)?;
+                }
             }
         }
     }
