@@ -535,6 +535,7 @@ struct FrameRead<'a> {
     payload: Vec<u8>,
     payload_got: usize,
     fds: Vec<OwnedFd>,
+    control: Vec<u8>,
     done: bool,
 }
 
@@ -547,20 +548,25 @@ impl<'a> FrameRead<'a> {
             payload: Vec::new(),
             payload_got: 0,
             fds: Vec::new(),
+            control: crate::sys::control_buffer(),
             done: false,
         }
     }
 
     /// One receive into whatever part is missing. `Ok(None)`: end of stream.
     fn step(&mut self, wait: crate::sys::Wait) -> std::io::Result<Option<usize>> {
-        let mut control = crate::sys::control_buffer();
         let target = if self.header_got < HEADER_LEN {
             &mut self.header[self.header_got..]
         } else {
             &mut self.payload[self.payload_got..]
         };
-        let n =
-            crate::sys::recv_with_fds(self.reader.fd(), target, &mut control, &mut self.fds, wait)?;
+        let n = crate::sys::recv_with_fds(
+            self.reader.fd(),
+            target,
+            &mut self.control,
+            &mut self.fds,
+            wait,
+        )?;
         if n == 0 {
             return Ok(None);
         }
