@@ -177,13 +177,13 @@ struct State {
     closing: bool,
     terminated: bool,
     init_error: Option<String>,
-    next_job: u64,
     next_worker: u64,
     stats: PoolStats,
 }
 
 pub(crate) struct Core {
     state: Mutex<State>,
+    next_job: std::sync::atomic::AtomicU64,
     /// Free places in the queue; a queued job holds one.
     pub(crate) space: Arc<Semaphore>,
     /// Something changed that `close`, `terminate` or `build` may be waiting for.
@@ -203,10 +203,10 @@ impl Core {
                 closing: false,
                 terminated: false,
                 init_error: None,
-                next_job: 1,
                 next_worker: 1,
                 stats: PoolStats::default(),
             }),
+            next_job: std::sync::atomic::AtomicU64::new(1),
             space: Arc::new(Semaphore::new(config.queue_capacity)),
             changed: Notify::new(),
             deadlines: Arc::new(Notify::new()),
@@ -231,10 +231,10 @@ impl Core {
         self.config.window.unwrap_or(MAX_WINDOW)
     }
 
+    /// A fresh job id, without taking the state lock on every submission.
     pub(crate) fn next_job_id(&self) -> u64 {
-        let mut state = self.lock();
-        state.next_job += 1;
-        state.next_job
+        self.next_job
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts the workers and the watchdog, and waits until every worker has said it is
