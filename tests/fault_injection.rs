@@ -103,7 +103,8 @@ async fn faults_under_load_leave_every_task_answered_once() {
         "the tasks that exit their worker fail as WorkerDied"
     );
     // Back to full strength, and working. A worker stopped while idle is only found out
-    // when a task on it times out; each such timeout replaces it.
+    // when a task on it times out, and one signalled at the very end may still die
+    // under the next task; each such failure replaces it.
     common::eventually("pool back to two workers", || pool.stats().workers == 2).await;
     let mut answer = None;
     for _ in 0..4 {
@@ -112,7 +113,7 @@ async fn faults_under_load_leave_every_task_answered_once() {
                 answer = Some(value);
                 break;
             }
-            Err(Error::Timeout { .. }) => continue,
+            Err(Error::Timeout { .. } | Error::WorkerDied { .. }) => continue,
             Err(other) => panic!("unexpected {other:?}"),
         }
     }

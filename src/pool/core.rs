@@ -103,7 +103,12 @@ enum KillReason {
     Timeout(u64, Duration),
     Cancelled(u64),
     Terminate,
+    /// Never said it was ready within the start-up limit (stopped, stuck, starved).
+    Startup,
 }
+
+/// How long a new worker may take to say it is ready before it is replaced.
+const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 
 struct WorkerSlot {
     key: u64,
@@ -177,6 +182,9 @@ struct State {
     closing: bool,
     terminated: bool,
     init_error: Option<String>,
+    // Some worker has been ready: a later death during start-up is a fault to heal,
+    // not a broken initializer.
+    ever_ready: bool,
     next_worker: u64,
     stats: PoolStats,
 }
@@ -203,6 +211,7 @@ impl Core {
                 closing: false,
                 terminated: false,
                 init_error: None,
+                ever_ready: false,
                 next_worker: 1,
                 stats: PoolStats::default(),
             }),
@@ -290,6 +299,8 @@ impl Core {
         let (tx, rx) = ours.split();
         tokio::spawn(feed_worker(tx, jobs_rx));
         tokio::spawn(read_worker(self.clone(), key, rx, process));
+        // The watchdog arms this worker's start-up deadline.
+        self.deadlines.notify_one();
         Ok(())
     }
 
@@ -364,6 +375,7 @@ impl Core {
                 if let Some(slot) = state.workers.iter_mut().find(|w| w.key == key) {
                     slot.ready = true;
                 }
+                state.ever_ready = true;
             }
             FromWorker::Hello(Hello::InitFailed(err)) => {
                 tracing::warn!(worker = key, error = %err, "pool worker failed to initialise");
@@ -421,7 +433,7 @@ impl Core {
             let retired = slot.retiring(self.config.max_tasks_per_worker)
                 && slot.window.is_empty()
                 && status.success();
-            if !slot.ready && slot.killed.is_none() && !state.closing {
+            if !slot.ready && slot.killed.is_none() && !state.closing && !state.ever_ready {
                 // Dying before saying hello would make every replacement die the same way.
                 let failure = format!("worker {} exited during start-up ({status})", slot.pid);
                 tracing::error!("{failure}");
@@ -542,9 +554,12 @@ impl Core {
     }
 
     /// Stops taking work, lets queued and running jobs finish, then lets workers exit.
+    /// A worker that has not exited `STARTUP_LIMIT` after being told to (stopped,
+    /// stuck) is killed, so closing never waits on a worker forever.
     pub(crate) async fn close(&self) {
         self.lock().closing = true;
         self.space.close();
+        let mut hung_up_at: Option<Instant> = None;
         loop {
             let changed = self.changed.notified();
             {
@@ -555,12 +570,18 @@ impl Core {
                     for slot in state.workers.iter_mut() {
                         slot.jobs = None; // End of stream: the worker exits.
                     }
+                    let since = *hung_up_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= STARTUP_LIMIT {
+                        for slot in state.workers.iter_mut() {
+                            slot.kill(KillReason::Terminate);
+                        }
+                    }
                 }
                 if state.workers.is_empty() {
                     return;
                 }
             }
-            changed.await;
+            let _ = tokio::time::timeout(STARTUP_LIMIT, changed).await;
         }
     }
 
@@ -598,6 +619,17 @@ impl Core {
         let mut state = self.lock();
         let mut next: Option<Instant> = None;
         for slot in state.workers.iter_mut() {
+            if !slot.ready && slot.killed.is_none() {
+                // `head_started` holds the spawn time until the worker is ready.
+                let deadline = slot.head_started + STARTUP_LIMIT;
+                if deadline <= now {
+                    tracing::warn!(worker = slot.pid, "worker not ready in time; replacing it");
+                    slot.kill(KillReason::Startup);
+                } else {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+                continue;
+            }
             let (Some(deadline), Some(head)) = (slot.head_deadline, slot.window.front()) else {
                 continue;
             };
