@@ -279,15 +279,35 @@ fn adopt_orphan(mut orphan: ExitWatch) {
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
+            let mut adopted = Adopted(Some(orphan));
             handle.spawn(async move {
-                let _ = orphan.wait().await;
+                if let Some(orphan) = adopted.0.as_mut() {
+                    let _ = orphan.wait().await;
+                }
             });
         }
-        Err(_) => orphans()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(orphan),
+        Err(_) => park_orphan(orphan),
     }
+}
+
+/// An orphan in the care of a runtime task. A runtime shutting down drops its tasks
+/// unfinished; the orphan then goes to the list reaped on each spawn, because
+/// spawning again on a dying runtime would be dropped at once, and so on forever.
+struct Adopted(Option<ExitWatch>);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if let Some(orphan) = self.0.take().filter(|o| o.kind.is_some()) {
+            park_orphan(orphan);
+        }
+    }
+}
+
+fn park_orphan(orphan: ExitWatch) {
+    orphans()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(orphan);
 }
 
 fn orphans() -> &'static Mutex<Vec<ExitWatch>> {

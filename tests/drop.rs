@@ -68,3 +68,41 @@ fn dropped_outside_a_runtime_is_reaped_by_the_next_spawn() {
     next.kill().unwrap();
     assert!(runtime.block_on(next.join()).is_err());
 }
+
+#[test]
+fn dropped_while_its_runtime_shuts_down_is_reaped_by_the_next_spawn() {
+    let _serial = common::SERIAL.blocking_lock();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Tasks that still own a child when the runtime goes down: dropping them drops the
+    // children's handles in the middle of the shutdown.
+    let pids: Vec<u32> = runtime.block_on(async {
+        (0..4)
+            .map(|_| {
+                let mut child = spawn_process(sleeps_forever, ()).unwrap();
+                let pid = child.pid();
+                tokio::spawn(async move {
+                    let _ = child.join().await;
+                });
+                pid
+            })
+            .collect()
+    });
+    drop(runtime);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for &pid in &pids {
+        assert!(runtime.block_on(common::await_exit_of(pid, Duration::from_secs(20))));
+    }
+    let mut next = spawn_process(sleeps_forever, ()).unwrap();
+    for pid in pids {
+        assert!(!common::exists(pid), "orphan {pid} not reaped");
+    }
+    next.kill().unwrap();
+    assert!(runtime.block_on(next.join()).is_err());
+}

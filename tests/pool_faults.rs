@@ -326,3 +326,26 @@ async fn dropping_the_pool_leaves_no_process() {
     }
     leaks.finish().await;
 }
+
+/// The reply to a task that killed its worker arrives while the replacement is still
+/// being started: closing or terminating right then must still account for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_while_a_replacement_starts_leaves_no_process() {
+    let leaks = common::LeakCheck::start().await;
+    for round in 0..20 {
+        let pool = ProcessPool::builder().workers(1).build().await.unwrap();
+        let died = pool.apply(run, Job::Exit(3)).await;
+        assert!(
+            matches!(died, Err(Error::WorkerDied { code: Some(3), .. })),
+            "{died:?}"
+        );
+        if round % 2 == 0 {
+            pool.close().await;
+        } else {
+            pool.terminate().await;
+        }
+        assert_eq!(pool.stats().workers, 0, "round {round}");
+        drop(pool);
+    }
+    leaks.finish().await;
+}

@@ -185,6 +185,9 @@ struct State {
     // Some worker has been ready: a later death during start-up is a fault to heal,
     // not a broken initializer.
     ever_ready: bool,
+    // Replacements decided on but not yet in `workers`: `close` and `terminate` must
+    // not take an empty `workers` for a finished pool while one is being started.
+    starting: usize,
     next_worker: u64,
     stats: PoolStats,
 }
@@ -212,6 +215,7 @@ impl Core {
                 terminated: false,
                 init_error: None,
                 ever_ready: false,
+                starting: 0,
                 next_worker: 1,
                 stats: PoolStats::default(),
             }),
@@ -250,6 +254,7 @@ impl Core {
     /// ready (or one failed to initialise).
     pub(crate) async fn start(self: &Arc<Core>) -> Result<()> {
         for _ in 0..self.config.workers {
+            self.lock().starting += 1;
             self.spawn_worker()?;
         }
         tokio::spawn(watchdog(Arc::downgrade(self), self.deadlines.clone()));
@@ -270,38 +275,61 @@ impl Core {
         }
     }
 
+    /// Starts one worker. The caller has counted it in `starting`, under the same lock
+    /// as its decision to start it.
     fn spawn_worker(self: &Arc<Core>) -> Result<()> {
-        let (ours, theirs) = crate::ipc::pipe::<JobOut, FromWorker>()?;
-        let process = (self.config.spawn)(theirs.retype())?;
-        let signaller = process.signaller()?;
+        let started = self.start_worker_process();
+        let mut state = self.lock();
+        state.starting -= 1;
+        let (ours, process, signaller) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                drop(state);
+                self.changed.notify_waiters();
+                return Err(err);
+            }
+        };
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let pid = process.pid();
-        let key = {
-            let mut state = self.lock();
-            state.next_worker += 1;
-            let key = state.next_worker;
-            state.workers.push(WorkerSlot {
-                key,
-                pid,
-                jobs: Some(jobs_tx),
-                signaller,
-                window: VecDeque::new(),
-                head_deadline: None,
-                head_started: Instant::now(),
-                job_time: None,
-                dispatched: 0,
-                ready: false,
-                killed: None,
-            });
-            key
+        state.next_worker += 1;
+        let key = state.next_worker;
+        let mut slot = WorkerSlot {
+            key,
+            pid,
+            jobs: Some(jobs_tx),
+            signaller,
+            window: VecDeque::new(),
+            head_deadline: None,
+            head_started: Instant::now(),
+            job_time: None,
+            dispatched: 0,
+            ready: false,
+            killed: None,
         };
+        if state.terminated {
+            // Terminated while it started: it never gets a job.
+            slot.jobs = None;
+            slot.kill(KillReason::Terminate);
+        }
+        state.workers.push(slot);
+        drop(state);
         tracing::debug!(pid, worker = key, "pool worker started");
         let (tx, rx) = ours.split();
         tokio::spawn(feed_worker(tx, jobs_rx));
         tokio::spawn(read_worker(self.clone(), key, rx, process));
-        // The watchdog arms this worker's start-up deadline.
+        // The watchdog arms this worker's start-up deadline; `close` may hang it up.
         self.deadlines.notify_one();
+        self.changed.notify_waiters();
         Ok(())
+    }
+
+    fn start_worker_process(
+        &self,
+    ) -> Result<(Connection<JobOut, FromWorker>, Process<()>, Signaller)> {
+        let (ours, theirs) = crate::ipc::pipe::<JobOut, FromWorker>()?;
+        let process = (self.config.spawn)(theirs.retype())?;
+        let signaller = process.signaller()?;
+        Ok((ours, process, signaller))
     }
 
     /// Queues a job whose queue place is already reserved.
@@ -488,6 +516,7 @@ impl Core {
                 && state.init_error.is_none()
                 && (!state.closing || !state.queue.is_empty());
             if replace {
+                state.starting += 1;
                 if retired {
                     state.stats.recycled += 1;
                 } else {
@@ -577,8 +606,8 @@ impl Core {
                         }
                     }
                 }
-                if state.workers.is_empty() {
-                    return;
+                if state.workers.is_empty() && state.starting == 0 {
+                    return; // Same test as `all_gone`, under the lock already held.
                 }
             }
             let _ = tokio::time::timeout(STARTUP_LIMIT, changed).await;
@@ -606,11 +635,17 @@ impl Core {
         self.kill_all();
         loop {
             let changed = self.changed.notified();
-            if self.lock().workers.is_empty() {
+            if self.all_gone() {
                 return;
             }
             changed.await;
         }
+    }
+
+    /// No worker left, and none being started.
+    fn all_gone(&self) -> bool {
+        let state = self.lock();
+        state.workers.is_empty() && state.starting == 0
     }
 
     /// Kills workers whose running job is past its deadline; returns the next deadline.
