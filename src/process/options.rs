@@ -35,8 +35,8 @@ impl StartMethod {
         static CHOICE: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(
             || match std::env::var("MULTIPROCESS_START_METHOD").as_deref() {
-                Ok("forkserver") => StartMethod::Forkserver,
-                _ => StartMethod::Exec,
+                Ok("exec") => StartMethod::Exec,
+                _ => StartMethod::Forkserver,
             },
         )
     }
