@@ -51,6 +51,19 @@ pub enum Error {
         /// The exit code.
         code: i32,
     },
+    /// A child started with a memory limit
+    /// ([`ProcessBuilder::memory_limit`](crate::ProcessBuilder::memory_limit)) died the
+    /// way a program dies when an allocation fails under that limit: Rust and C++ abort
+    /// (`SIGABRT`), C code that misses a failed `malloc` faults (`SIGSEGV`, `SIGBUS`).
+    /// The kernel does not say why a process aborted, so a capped child that aborts for
+    /// another reason is reported here too; `signal` keeps what was seen.
+    #[error("child died by signal {} ({}) under its memory limit of {limit} bytes: an allocation failed", .signal, signal_name(*.signal))]
+    MemoryLimit {
+        /// The limit the child ran under, in bytes of address space.
+        limit: u64,
+        /// The signal that ended it.
+        signal: i32,
+    },
     /// A wait ran out of time. For [`Process::join_timeout`](crate::Process::join_timeout)
     /// the child keeps running and the handle can be awaited again.
     #[error("timed out after {after:?}")]
@@ -182,6 +195,23 @@ impl Error {
                 core_dumped: status.core_dumped(),
             },
             (None, None) => Error::Exited { code: -1 },
+        }
+    }
+
+    /// The error for a child that ran under `limit` and ended with `status` without
+    /// reporting an outcome: `MemoryLimit` for the signals an exhausted address space
+    /// ends in, otherwise what the status says.
+    pub(crate) fn from_capped_exit(
+        status: std::process::ExitStatus,
+        limit: Option<u64>,
+    ) -> Option<Error> {
+        use std::os::unix::process::ExitStatusExt;
+        let limit = limit?;
+        match status.signal()? {
+            signal @ (libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS) => {
+                Some(Error::MemoryLimit { limit, signal })
+            }
+            _ => None,
         }
     }
 

@@ -317,6 +317,21 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Caps the process's address space (`RLIMIT_AS`, soft and hard) at `bytes`.
+/// Async-signal-safe: usable between fork and exec.
+pub(crate) fn set_address_space_limit(bytes: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: `limit` is a valid rlimit that outlives the call.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's name (`comm`, as `ps` shows it); truncated to 15 bytes.
 pub(crate) fn set_thread_name(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();

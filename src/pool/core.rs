@@ -44,6 +44,7 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) queue_capacity: usize,
     pub(crate) cancel_running: CancelRunning,
+    pub(crate) memory_limit: Option<u64>,
     pub(crate) spawn: SpawnWorker,
 }
 
@@ -491,11 +492,13 @@ impl Core {
                     _ => {
                         state.stats.failed += 1;
                         tracing::warn!(job = head.job.id, worker = slot.pid, %status, "worker died running a task");
-                        Error::WorkerDied {
-                            pid: slot.pid,
-                            signal: status.signal(),
-                            code: status.code(),
-                        }
+                        Error::from_capped_exit(status, self.config.memory_limit).unwrap_or(
+                            Error::WorkerDied {
+                                pid: slot.pid,
+                                signal: status.signal(),
+                                code: status.code(),
+                            },
+                        )
                     }
                 };
                 let _ = head.waiter.reply.send(Err(error));

@@ -59,6 +59,7 @@ pub struct PoolBuilder {
     cancel_running: CancelRunning,
     name: String,
     start_method: Option<crate::StartMethod>,
+    memory_limit: Option<u64>,
     init: Option<(i64, i64, serde_bytes::ByteBuf)>,
     init_error: Option<Error>,
 }
@@ -74,6 +75,7 @@ impl Default for PoolBuilder {
             cancel_running: CancelRunning::Finish,
             name: "pool-worker".into(),
             start_method: None,
+            memory_limit: None,
             init: None,
             init_error: None,
         }
@@ -161,6 +163,31 @@ impl PoolBuilder {
         self
     }
 
+    /// Caps each worker's address space at `bytes` (see
+    /// [`ProcessBuilder::memory_limit`](crate::ProcessBuilder::memory_limit)). A task
+    /// whose allocation fails under the cap fails with [`Error::MemoryLimit`]; its worker
+    /// is replaced like any other that dies.
+    ///
+    /// ```
+    /// use multiprocess::{Error, ProcessPool};
+    ///
+    /// fn reserve(mib: usize) -> usize {
+    ///     vec![0u8; mib << 20].len()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::builder().workers(1).worker_memory_limit(512 << 20).build().await?;
+    /// assert!(matches!(pool.apply(reserve, 1024).await, Err(Error::MemoryLimit { .. })));
+    /// assert_eq!(pool.apply(reserve, 1).await?, 1 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
     /// The workers' process name prefix (default `pool-worker`).
     ///
     /// ```
@@ -210,6 +237,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             queue_capacity: self.queue_capacity,
             cancel_running: self.cancel_running,
+            memory_limit: self.memory_limit,
             spawn,
         }
     }
@@ -231,6 +259,7 @@ impl PoolBuilder {
         let spawn = spawner(
             self.name.clone(),
             self.start_method,
+            self.memory_limit,
             move |builder, conn| {
                 builder.spawn(
                     worker::plain_worker,
@@ -262,6 +291,7 @@ impl PoolBuilder {
         let spawn = spawner(
             self.name.clone(),
             self.start_method,
+            self.memory_limit,
             move |builder, conn| {
                 let start = StatefulStart {
                     conn,
@@ -281,7 +311,12 @@ impl PoolBuilder {
 }
 
 /// Workers die with the pool's process, are killed with the pool, and carry a name.
-fn spawner<F>(name: String, method: Option<crate::StartMethod>, spawn: F) -> self::core::SpawnWorker
+fn spawner<F>(
+    name: String,
+    method: Option<crate::StartMethod>,
+    memory_limit: Option<u64>,
+    spawn: F,
+) -> self::core::SpawnWorker
 where
     F: Fn(
             crate::ProcessBuilder,
@@ -300,6 +335,9 @@ where
             .kill_on_drop(true);
         if let Some(method) = method {
             builder = builder.start_method(method);
+        }
+        if let Some(limit) = memory_limit {
+            builder = builder.memory_limit(limit);
         }
         spawn(builder, conn)
     })

@@ -120,6 +120,38 @@ impl ProcessBuilder {
         self
     }
 
+    /// Caps the child's address space at `bytes` (`RLIMIT_AS`, set in the child before
+    /// it decodes its argument or, for a [`Command`], before it executes the program).
+    /// An allocation beyond the cap fails in the child, which then typically aborts;
+    /// that death is reported as [`Error::MemoryLimit`](crate::Error::MemoryLimit)
+    /// rather than a bare signal. A panic the child reports is still a panic.
+    ///
+    /// The cap is on virtual memory, not resident memory: leave room for the program's
+    /// mappings (a Rust binary with a few threads maps some tens of MiB before doing
+    /// anything).
+    ///
+    /// ```
+    /// use multiprocess::{Error, Process};
+    ///
+    /// fn hoard(mib: usize) -> usize {
+    ///     let block = vec![1u8; mib << 20];
+    ///     block.len()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let capped = Process::builder().memory_limit(512 << 20);
+    /// assert_eq!(capped.spawn(hoard, 16)?.join().await?, 16 << 20);
+    /// let err = capped.spawn(hoard, 1024)?.join().await.unwrap_err();
+    /// assert!(matches!(err, Error::MemoryLimit { limit, .. } if limit == 512 << 20));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.options.memory_limit = Some(bytes);
+        self
+    }
+
     /// Puts the child in process group `pgid`; `0` makes it the leader of a new group,
     /// so that a terminal's Ctrl-C does not reach it.
     ///
@@ -207,7 +239,7 @@ impl ProcessBuilder {
             ..self.options.clone()
         };
         let spawned = start::spawn_function(&options, entry, function, arg)?;
-        Ok(Process::from_function(name, spawned, options.kill_on_drop))
+        Ok(Process::from_function(name, spawned, &options))
     }
 
     /// Turns this configuration into a [`Command`] for an external program.

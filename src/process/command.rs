@@ -215,12 +215,7 @@ impl Command {
         };
         let watch = watch_or_kill(child)?;
         tracing::debug!(pid = watch.pid(), name, "spawned command");
-        Ok(Process::from_command(
-            name,
-            watch,
-            self.options.kill_on_drop,
-            stdio,
-        ))
+        Ok(Process::from_command(name, watch, &self.options, stdio))
     }
 
     /// Copies each channel's descriptor above every target number, so that putting one
@@ -243,13 +238,17 @@ impl Command {
             .map(|(t, fd)| (fd.as_raw_fd(), *t))
             .collect();
         let die_with_parent = self.options.die_with_parent;
-        if moves.is_empty() && !die_with_parent {
+        let memory_limit = self.options.memory_limit;
+        if moves.is_empty() && !die_with_parent && memory_limit.is_none() {
             return;
         }
         let parent = std::process::id();
         let after_fork = move || -> io::Result<()> {
             for (source, target) in &moves {
                 sys::dup2_inheritable(*source, *target)?;
+            }
+            if let Some(limit) = memory_limit {
+                sys::set_address_space_limit(limit)?;
             }
             if die_with_parent {
                 sys::set_parent_death_signal(libc::SIGKILL)?;
@@ -260,7 +259,7 @@ impl Command {
             Ok(())
         };
         // SAFETY: the closure runs between fork and exec and calls only dup2, fcntl,
-        // prctl and getppid, all async-signal-safe; `moves` was allocated before the fork
+        // setrlimit, prctl and getppid, all async-signal-safe; `moves` was allocated before the fork
         // and is only read.
         unsafe {
             command.pre_exec(after_fork);

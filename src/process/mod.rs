@@ -94,6 +94,8 @@ pub struct Process<R> {
     // What an exit without an outcome means: a failure for a function, possibly
     // success for an external program.
     without_outcome: fn(ExitStatus) -> Result<R>,
+    // The address-space cap it runs under, which explains some deaths by signal.
+    memory_limit: Option<u64>,
     pub(crate) stdio: command::ChildStdio,
 }
 
@@ -124,7 +126,7 @@ impl Process<()> {
     pub(crate) fn from_command(
         name: String,
         watch: ExitWatch,
-        kill_on_drop: bool,
+        options: &Options,
         stdio: command::ChildStdio,
     ) -> Process<()> {
         Process {
@@ -133,26 +135,28 @@ impl Process<()> {
             control: None,
             outcome: None,
             joined: false,
-            kill_on_drop,
+            kill_on_drop: options.kill_on_drop,
             without_outcome: |status| match status.success() {
                 true => Ok(()),
                 false => Err(Error::from_exit_status(status)),
             },
+            memory_limit: options.memory_limit,
             stdio,
         }
     }
 }
 
 impl<R> Process<R> {
-    pub(crate) fn from_function(name: String, spawned: Spawned, kill_on_drop: bool) -> Process<R> {
+    pub(crate) fn from_function(name: String, spawned: Spawned, options: &Options) -> Process<R> {
         Process {
             name,
             watch: spawned.watch,
             control: Some(spawned.control),
             outcome: None,
             joined: false,
-            kill_on_drop,
+            kill_on_drop: options.kill_on_drop,
             without_outcome: function_exit_without_outcome,
+            memory_limit: options.memory_limit,
             stdio: Default::default(),
         }
     }
@@ -290,7 +294,10 @@ impl<R: DeserializeOwned> Process<R> {
         match self.outcome.take() {
             Some(Ok(outcome)) => outcome.into_result(),
             Some(Err(err)) => Err(err),
-            None => (self.without_outcome)(status),
+            None => match Error::from_capped_exit(status, self.memory_limit) {
+                Some(err) => Err(err),
+                None => (self.without_outcome)(status),
+            },
         }
     }
 
@@ -298,7 +305,8 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// The error says what went wrong: [`Error::Panicked`] with the child's panic
     /// message, [`Error::Signaled`] if a signal killed it, [`Error::Exited`] if it exited
-    /// without a result. Cancel-safe: dropping the future loses nothing, and `join` can be
+    /// without a result, [`Error::MemoryLimit`] if it died as an allocation failed under
+    /// its memory limit. Cancel-safe: dropping the future loses nothing, and `join` can be
     /// called again. Once the result has been returned, later calls give
     /// [`Error::AlreadyJoined`].
     ///

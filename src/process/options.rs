@@ -52,6 +52,7 @@ pub(crate) struct Options {
     pub(crate) die_with_parent: bool,
     pub(crate) process_group: Option<i32>,
     pub(crate) start_method: Option<StartMethod>,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl Default for Options {
@@ -65,6 +66,7 @@ impl Default for Options {
             die_with_parent: false,
             process_group: None,
             start_method: None,
+            memory_limit: None,
         }
     }
 }

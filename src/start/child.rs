@@ -83,6 +83,14 @@ fn run_with_control(mut control: Control) -> i32 {
     if start.die_with_parent && !die_with_parent(start.parent_pid) {
         return EXIT_FAILED;
     }
+    if let Some(limit) = start.memory_limit {
+        if let Err(err) = sys::set_address_space_limit(limit) {
+            control.report(&Outcome::<()>::Refused(format!(
+                "cannot set the memory limit of {limit} bytes: {err}"
+            )));
+            return EXIT_FAILED;
+        }
+    }
     sys::set_thread_name(&start.name);
     if start.identity != identity::current() {
         control.report(&Outcome::<()>::Refused(

@@ -13,6 +13,7 @@ pub(crate) struct Start {
     pub(crate) name: String,
     pub(crate) die_with_parent: bool,
     pub(crate) parent_pid: u32,
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// Child to parent, the only frame: how the function ended.

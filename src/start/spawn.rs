@@ -53,6 +53,7 @@ pub(crate) fn spawn_function<A: Serialize>(
         name: name.to_string(),
         die_with_parent: options.die_with_parent,
         parent_pid: std::process::id(),
+        memory_limit: options.memory_limit,
     })?;
     write.encode(arg)?;
 
