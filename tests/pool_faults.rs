@@ -349,3 +349,76 @@ async fn closing_while_a_replacement_starts_leaves_no_process() {
     }
     leaks.finish().await;
 }
+
+/// Stops its own worker (before it can say it is ready) the first time it runs after
+/// the file `dir/armed` appears.
+fn stop_once_armed(dir: String) {
+    let dir = std::path::Path::new(&dir);
+    if dir.join("armed").exists()
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join("stopped"))
+            .is_ok()
+    {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+}
+
+fn unique_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mp-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_worker_stopped_before_ready_is_replaced() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = unique_dir("stopped-before-ready");
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .initializer(stop_once_armed, dir.to_string_lossy().into_owned())
+        .worker_start_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    std::fs::write(dir.join("armed"), b"").unwrap();
+    // This task ends its worker; the replacement stops itself before it is ready, is
+    // killed when its start-up time runs out, and the next one takes the queued task.
+    let died = pool.apply(run, Job::Exit(0)).await;
+    assert!(matches!(died, Err(Error::WorkerDied { .. })), "{died:?}");
+    assert_eq!(pool.apply(run, Job::Square(3)).await.unwrap(), 9);
+    assert!(dir.join("stopped").exists(), "no worker stopped itself");
+    let stats = pool.stats();
+    assert_eq!((stats.workers, stats.respawned), (1, 2), "{stats:?}");
+    pool.close().await;
+    drop(pool);
+    std::fs::remove_dir_all(&dir).unwrap();
+    leaks.finish().await;
+}
+
+fn never_ready(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
+#[tokio::test]
+async fn workers_never_ready_fail_the_build() {
+    let leaks = common::LeakCheck::start().await;
+    let built = ProcessPool::builder()
+        .workers(2)
+        .initializer(never_ready, ())
+        .worker_start_timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    match built {
+        Err(Error::Bootstrap(message)) => {
+            assert!(message.contains("not ready within 300ms"), "{message}")
+        }
+        Err(other) => panic!("expected Bootstrap, got {other:?}"),
+        Ok(_) => panic!("a pool whose workers never start was built"),
+    }
+    leaks.finish().await;
+}

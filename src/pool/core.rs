@@ -45,6 +45,8 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) cancel_running: CancelRunning,
     pub(crate) memory_limit: Option<u64>,
+    /// How long a new worker may take to say it is ready (initializer included).
+    pub(crate) start_timeout: Duration,
     pub(crate) spawn: SpawnWorker,
 }
 
@@ -108,8 +110,8 @@ enum KillReason {
     Startup,
 }
 
-/// How long a new worker may take to say it is ready before it is replaced.
-const STARTUP_LIMIT: Duration = Duration::from_secs(10);
+/// How long a worker told to exit may take before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 struct WorkerSlot {
     key: u64,
@@ -462,9 +464,22 @@ impl Core {
             let retired = slot.retiring(self.config.max_tasks_per_worker)
                 && slot.window.is_empty()
                 && status.success();
-            if !slot.ready && slot.killed.is_none() && !state.closing && !state.ever_ready {
-                // Dying before saying hello would make every replacement die the same way.
-                let failure = format!("worker {} exited during start-up ({status})", slot.pid);
+            let in_start_up = !slot.ready && !state.closing && !state.ever_ready;
+            let failed_start = match slot.killed {
+                _ if !in_start_up => None,
+                None => Some(format!(
+                    "worker {} exited during start-up ({status})",
+                    slot.pid
+                )),
+                Some(KillReason::Startup) => Some(format!(
+                    "worker {} was not ready within {:?}",
+                    slot.pid, self.config.start_timeout
+                )),
+                Some(_) => None,
+            };
+            if let Some(failure) = failed_start {
+                // Failing to start before any worker ever did would make every
+                // replacement fail the same way.
                 tracing::error!("{failure}");
                 state.init_error.get_or_insert(failure.clone());
                 for queued in state.queue.drain(..) {
@@ -586,7 +601,7 @@ impl Core {
     }
 
     /// Stops taking work, lets queued and running jobs finish, then lets workers exit.
-    /// A worker that has not exited `STARTUP_LIMIT` after being told to (stopped,
+    /// A worker that has not exited `EXIT_GRACE` after being told to (stopped,
     /// stuck) is killed, so closing never waits on a worker forever.
     pub(crate) async fn close(&self) {
         self.lock().closing = true;
@@ -603,7 +618,7 @@ impl Core {
                         slot.jobs = None; // End of stream: the worker exits.
                     }
                     let since = *hung_up_at.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= STARTUP_LIMIT {
+                    if since.elapsed() >= EXIT_GRACE {
                         for slot in state.workers.iter_mut() {
                             slot.kill(KillReason::Terminate);
                         }
@@ -613,7 +628,7 @@ impl Core {
                     return; // Same test as `all_gone`, under the lock already held.
                 }
             }
-            let _ = tokio::time::timeout(STARTUP_LIMIT, changed).await;
+            let _ = tokio::time::timeout(EXIT_GRACE, changed).await;
         }
     }
 
@@ -659,7 +674,7 @@ impl Core {
         for slot in state.workers.iter_mut() {
             if !slot.ready && slot.killed.is_none() {
                 // `head_started` holds the spawn time until the worker is ready.
-                let deadline = slot.head_started + STARTUP_LIMIT;
+                let deadline = slot.head_started + self.config.start_timeout;
                 if deadline <= now {
                     tracing::warn!(worker = slot.pid, "worker not ready in time; replacing it");
                     slot.kill(KillReason::Startup);

@@ -60,6 +60,7 @@ pub struct PoolBuilder {
     name: String,
     start_method: Option<crate::StartMethod>,
     memory_limit: Option<u64>,
+    start_timeout: Duration,
     init: Option<(i64, i64, serde_bytes::ByteBuf)>,
     init_error: Option<Error>,
 }
@@ -76,6 +77,7 @@ impl Default for PoolBuilder {
             name: "pool-worker".into(),
             start_method: None,
             memory_limit: None,
+            start_timeout: Duration::from_secs(60),
             init: None,
             init_error: None,
         }
@@ -163,6 +165,21 @@ impl PoolBuilder {
         self
     }
 
+    /// How long a new worker may take to say it is ready, its
+    /// [`initializer`](Self::initializer) included (default 60 s). A worker that takes
+    /// longer (stuck, stopped, starved) is killed and replaced; if no worker of the pool
+    /// has ever been ready, `build` fails with [`Error::Bootstrap`] instead, since every
+    /// replacement would likely do the same.
+    ///
+    /// ```
+    /// let builder = multiprocess::ProcessPool::builder()
+    ///     .worker_start_timeout(std::time::Duration::from_secs(300));
+    /// ```
+    pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
     /// Caps each worker's address space at `bytes` (see
     /// [`ProcessBuilder::memory_limit`](crate::ProcessBuilder::memory_limit)). A task
     /// whose allocation fails under the cap fails with [`Error::MemoryLimit`]; its worker
@@ -238,6 +255,7 @@ impl PoolBuilder {
             queue_capacity: self.queue_capacity,
             cancel_running: self.cancel_running,
             memory_limit: self.memory_limit,
+            start_timeout: self.start_timeout,
             spawn,
         }
     }
