@@ -1,0 +1,240 @@
+//! A soak run: spawns, kills, timeouts, crashes and pool churn for a set time, with the
+//! process's resident memory, descriptors and children sampled as it goes.
+//!
+//! ```text
+//! cargo run --release --example soak -- 30      # minutes; prints a sample a minute
+//! ```
+//!
+//! It fails (exit code 1) if, at the end, the descriptor count differs from the first
+//! sample, a child or zombie remains, or resident memory grew by more than a quarter
+//! over the first sample taken after warm-up.
+
+use std::time::{Duration, Instant};
+
+use multiprocess::{Error, Lock, ProcessPool, Queue, pipe, spawn_process};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn sleeps_forever(_: ()) {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A pool task that misbehaves now and then: panics, exits its worker, or hangs past
+/// the task timeout.
+fn task(x: u64) -> u64 {
+    match x % 50 {
+        7 => panic!("task {x} panicked"),
+        19 => std::process::exit(3),
+        31 => loop {
+            std::thread::park();
+        },
+        _ => x + 1,
+    }
+}
+
+fn echo(mut conn: multiprocess::Connection<u64, u64>) {
+    while let Ok(x) = conn.recv_blocking() {
+        if conn.send_blocking(x).is_err() {
+            break;
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    spawned: u64,
+    killed: u64,
+    timed_out: u64,
+    pool_tasks: u64,
+    pool_failures: u64,
+    pools: u64,
+}
+
+struct Sample {
+    rss_kib: u64,
+    fds: usize,
+    children: usize,
+    zombies: usize,
+}
+
+fn sample() -> Sample {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let me = std::process::id();
+    let (mut children, mut zombies) = (0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The fields after the command name, which may itself hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("?");
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "mp-forkserver" {
+                continue; // The deliberate long-lived zygote.
+            }
+            children += 1;
+            zombies += usize::from(state == "Z");
+        }
+    }
+    Sample {
+        rss_kib,
+        fds,
+        children,
+        zombies,
+    }
+}
+
+/// One round of everything: plain children, kills, timeouts, pipes, a queue, a lock
+/// and a pool with misbehaving tasks.
+async fn round(counts: &mut Counts, pool: &ProcessPool) -> multiprocess::Result<()> {
+    let mut children: Vec<_> = (0..8u64)
+        .map(|x| spawn_process(square, x))
+        .collect::<Result<_, _>>()?;
+    for (x, child) in children.iter_mut().enumerate() {
+        assert_eq!(child.join().await?, (x * x) as u64);
+    }
+    counts.spawned += 8;
+
+    let mut victim = spawn_process(sleeps_forever, ())?;
+    victim.kill()?;
+    assert!(matches!(victim.join().await, Err(Error::Signaled { .. })));
+    let mut slow = spawn_process(sleeps_forever, ())?;
+    assert!(matches!(
+        slow.join_timeout(Duration::from_millis(5)).await,
+        Err(Error::Timeout { .. })
+    ));
+    slow.shutdown(Duration::from_millis(100)).await?;
+    counts.killed += 2;
+    counts.timed_out += 1;
+
+    let (mut ours, theirs) = pipe::<u64, u64>()?;
+    let mut echoer = spawn_process(echo, theirs)?;
+    for x in 0..100 {
+        ours.send(x).await?;
+        assert_eq!(ours.recv().await?, x);
+    }
+    drop(ours);
+    echoer.join().await?;
+    counts.spawned += 3;
+
+    let queue: Queue<u64> = Queue::new(16)?;
+    let lock = Lock::new()?;
+    for x in 0..32 {
+        let _guard = lock.lock().await?;
+        queue.put(x).await?;
+        assert_eq!(queue.get().await?, x);
+    }
+
+    let results = futures::future::join_all((0..200u64).map(|x| pool.submit(task, x))).await;
+    counts.pool_tasks += results.len() as u64;
+    counts.pool_failures += results.iter().filter(|r| r.is_err()).count() as u64;
+    Ok(())
+}
+
+/// Lets background reaping of dropped children catch up: awaiting one more child
+/// gives the runtime a turn, and what is left is reaped by then or soon after.
+async fn settle() {
+    for _ in 0..50 {
+        spawn_process(square, 1).expect("spawn").join().await.expect("join");
+        let now = sample();
+        if now.children == 0 && now.zombies == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn new_pool() -> multiprocess::Result<ProcessPool> {
+    ProcessPool::builder()
+        .workers(2)
+        .task_timeout(Duration::from_millis(200))
+        .max_tasks_per_worker(100)
+        .build()
+        .await
+}
+
+#[tokio::main]
+async fn main() {
+    let minutes: f64 = std::env::args()
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30.0);
+    let duration = Duration::from_secs_f64(minutes * 60.0);
+    let mut counts = Counts::default();
+    // Warm-up: what is created once per process (fork server, signal handling, caches),
+    // then the baseline, taken with no pool, as the final sample will be.
+    let warm_up = new_pool().await.expect("pool");
+    round(&mut counts, &warm_up).await.expect("warm-up round");
+    warm_up.close().await;
+    drop(warm_up);
+    settle().await;
+    let first = sample();
+    let mut pool = new_pool().await.expect("pool");
+    counts.pools += 2;
+    println!("minute  rounds  spawned  pool_tasks  rss_kib  fds  children  zombies");
+    let start = Instant::now();
+    let mut next_report = Duration::from_secs(60);
+    let mut rounds = 0u64;
+    while start.elapsed() < duration {
+        round(&mut counts, &pool).await.expect("round");
+        rounds += 1;
+        if rounds % 25 == 0 {
+            // Pool churn: close one pool, start another.
+            pool.close().await;
+            pool = new_pool().await.expect("pool");
+            counts.pools += 1;
+        }
+        if start.elapsed() >= next_report {
+            next_report += Duration::from_secs(60);
+            let now = sample();
+            println!(
+                "{:>6.1}  {rounds:>6}  {:>7}  {:>10}  {:>7}  {:>3}  {:>8}  {:>7}",
+                start.elapsed().as_secs_f64() / 60.0,
+                counts.spawned,
+                counts.pool_tasks,
+                now.rss_kib,
+                now.fds,
+                now.children,
+                now.zombies
+            );
+        }
+    }
+    pool.close().await;
+    drop(pool);
+    settle().await;
+    let last = sample();
+    println!(
+        "soak: {:.1} min, {rounds} rounds, {counts:?}",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    println!(
+        "first: rss {} KiB, {} fds, {} children | last: rss {} KiB, {} fds, {} children, {} zombies",
+        first.rss_kib,
+        first.fds,
+        first.children,
+        last.rss_kib,
+        last.fds,
+        last.children,
+        last.zombies
+    );
+    let grew = last.rss_kib > first.rss_kib + first.rss_kib / 4;
+    if last.fds != first.fds || last.children != 0 || last.zombies != 0 || grew {
+        println!("soak FAILED");
+        std::process::exit(1);
+    }
+    println!("soak passed");
+}
