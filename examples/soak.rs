@@ -149,7 +149,11 @@ async fn round(counts: &mut Counts, pool: &ProcessPool) -> multiprocess::Result<
 /// gives the runtime a turn, and what is left is reaped by then or soon after.
 async fn settle() {
     for _ in 0..50 {
-        spawn_process(square, 1).expect("spawn").join().await.expect("join");
+        spawn_process(square, 1)
+            .expect("spawn")
+            .join()
+            .await
+            .expect("join");
         let now = sample();
         if now.children == 0 && now.zombies == 0 {
             return;

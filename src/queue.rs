@@ -4,8 +4,8 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -16,24 +16,38 @@ use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
 use crate::sync::{Counted, Lock, Notifier};
 
+// The queue's shared words, then its ring of messages.
 const CAPACITY: usize = 0;
 const ITEMS: usize = 4;
 const CLOSED: usize = 8;
 const UNFINISHED: usize = 12;
 const SPACE_WAITERS: usize = 16;
+const DATA_WAITERS: usize = 20;
+const SPACE_RUNG: usize = 24;
+const DATA_RUNG: usize = 28;
+const HEAD: usize = 32;
+const TAIL: usize = 40;
+const RING_LEN: usize = 48;
+const RING: usize = 64;
+
+/// A ring entry: the payload's length, then where the payload is.
+const ENTRY_LEN: usize = 8;
+const INLINE: u32 = 0;
+const ON_SOCKET: u32 = 1;
 
 /// A bounded queue shared by any number of producer and consumer processes, like
 /// Python's `multiprocessing.Queue`, awaitable.
 ///
-/// Messages travel as frames through one stream socket that every handle shares;
-/// a write lock keeps each message contiguous and a read lock makes each consumer take
-/// whole messages, so messages of any size are never torn or interleaved. `put` waits
-/// while `capacity` messages are queued. After [`close`](Queue::close), `put` fails and
-/// consumers get [`Error::Closed`] once the queue is empty.
+/// Messages go into a ring in shared memory, in the order they are put: a `put` is a
+/// copy into the ring and a `get` a copy out, with no system call unless the other side
+/// sleeps. A message too large for the ring, or one that carries descriptors, has its
+/// place in the ring marked and travels as a frame through a stream socket every
+/// handle shares, so messages of any size keep their order and are never torn. `put`
+/// waits while `capacity` messages are queued. After [`close`](Queue::close), `put`
+/// fails and consumers get [`Error::Closed`] once the queue is empty.
 ///
-/// If a consumer process dies in the middle of reading a message, the stream can no
-/// longer be trusted: later `get`s fail with [`Error::OwnerDied`]. A producer that dies
-/// mid-message leaves consumers an [`Error::Protocol`].
+/// If a consumer process dies while it holds the queue's read lock, the queue can no
+/// longer be trusted: later `get`s fail with [`Error::OwnerDied`].
 ///
 /// ```
 /// use multiprocess::{Queue, spawn_process};
@@ -70,6 +84,7 @@ struct Inner {
     write_lock: Lock,
     read_lock: Lock,
     space: Notifier,
+    data: Notifier,
     done: Notifier,
 }
 
@@ -92,6 +107,22 @@ impl<T> std::fmt::Debug for Queue<T> {
     }
 }
 
+/// What a producer holding the write lock did with its message.
+enum Placed {
+    InRing,
+    /// Its place is marked; the frame must now be written to the socket, whole.
+    OnSocket,
+    /// The ring has no room for the entry yet.
+    NoRoom,
+}
+
+/// What a consumer holding the read lock found at the head of the ring.
+enum Taken {
+    Inline(Vec<u8>),
+    OnSocket,
+    Empty,
+}
+
 impl<T> Queue<T> {
     /// A queue holding at most `capacity` messages (at least 1).
     ///
@@ -101,10 +132,14 @@ impl<T> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new(capacity: u32) -> Result<Queue<T>> {
-        let state = SharedMemory::named("multiprocess-queue", 32)?;
+        let capacity = capacity.max(1);
+        // Room for small messages of every place, within sane bounds.
+        let ring_len = (capacity as usize).saturating_mul(64).clamp(4096, 1 << 20);
+        let state = SharedMemory::named("multiprocess-queue", RING + ring_len)?;
+        state.atomic::<AtomicU32>(CAPACITY).store(capacity, SeqCst);
         state
-            .atomic::<AtomicU32>(CAPACITY)
-            .store(capacity.max(1), SeqCst);
+            .atomic::<AtomicU32>(RING_LEN)
+            .store(ring_len as u32, SeqCst);
         let (writer, reader) = crate::sys::stream_socketpair()?;
         Ok(Queue {
             inner: Arc::new(Inner {
@@ -114,6 +149,7 @@ impl<T> Queue<T> {
                 write_lock: Lock::new()?,
                 read_lock: Lock::new()?,
                 space: Notifier::new()?,
+                data: Notifier::new()?,
                 done: Notifier::new()?,
             }),
             _type: PhantomData,
@@ -121,6 +157,10 @@ impl<T> Queue<T> {
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
+        self.inner.state.atomic(offset)
+    }
+
+    fn position(&self, offset: usize) -> &AtomicU64 {
         self.inner.state.atomic(offset)
     }
 
@@ -178,14 +218,98 @@ impl<T> Queue<T> {
     /// ```
     pub fn close(&self) {
         if self.word(CLOSED).swap(1, SeqCst) == 0 {
-            // Consumers read end of stream once everything sent before is read.
-            let _ = nix::sys::socket::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(&self.inner.writer.fd()),
-                nix::sys::socket::Shutdown::Write,
-            );
+            self.inner.data.notify();
             self.inner.space.notify();
         }
     }
+
+    // ---- the ring ----
+
+    fn ring_len(&self) -> u64 {
+        u64::from(self.word(RING_LEN).load(SeqCst))
+    }
+
+    fn ring_write(&self, pos: u64, data: &[u8]) {
+        let len = self.ring_len();
+        let at = (pos % len) as usize;
+        let first = data.len().min(len as usize - at);
+        self.inner.state.write(RING + at, &data[..first]);
+        self.inner.state.write(RING, &data[first..]);
+    }
+
+    fn ring_read(&self, pos: u64, buf: &mut [u8]) {
+        let len = self.ring_len();
+        let at = (pos % len) as usize;
+        let first = buf.len().min(len as usize - at);
+        self.inner.state.read(RING + at, &mut buf[..first]);
+        self.inner.state.read(RING, &mut buf[first..]);
+    }
+
+    /// The largest payload that goes into the ring itself.
+    fn inline_limit(&self) -> usize {
+        self.ring_len() as usize / 4
+    }
+
+    fn ring_is_empty(&self) -> bool {
+        self.position(HEAD).load(SeqCst) == self.position(TAIL).load(SeqCst)
+    }
+
+    /// Puts a message at the tail. The caller holds the write lock.
+    fn place(&self, payload: &[u8], inline: bool) -> Result<Placed> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let tail = self.position(TAIL).load(SeqCst);
+        let free = self.ring_len() - (tail - self.position(HEAD).load(SeqCst));
+        let (kind, stored) = if inline {
+            (INLINE, payload)
+        } else {
+            (ON_SOCKET, &[][..])
+        };
+        if free < (ENTRY_LEN + stored.len()) as u64 {
+            return Ok(Placed::NoRoom);
+        }
+        let mut entry = [0u8; ENTRY_LEN];
+        entry[..4].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        entry[4..].copy_from_slice(&kind.to_le_bytes());
+        self.ring_write(tail, &entry);
+        self.ring_write(tail + ENTRY_LEN as u64, stored);
+        self.position(TAIL)
+            .store(tail + (ENTRY_LEN + stored.len()) as u64, SeqCst);
+        ring_bell(
+            self.word(DATA_WAITERS),
+            self.word(DATA_RUNG),
+            &self.inner.data,
+        );
+        Ok(match kind {
+            INLINE => Placed::InRing,
+            _ => Placed::OnSocket,
+        })
+    }
+
+    /// Takes the entry at the head. The caller holds the read lock.
+    fn take(&self) -> Taken {
+        let head = self.position(HEAD).load(SeqCst);
+        if head == self.position(TAIL).load(SeqCst) {
+            return Taken::Empty;
+        }
+        let mut entry = [0u8; ENTRY_LEN];
+        self.ring_read(head, &mut entry);
+        let len = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
+        let kind = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let mut payload = vec![0u8; len];
+        self.ring_read(head + ENTRY_LEN as u64, &mut payload);
+        self.position(HEAD)
+            .store(head + (ENTRY_LEN + len) as u64, SeqCst);
+        // Gone from the queue now, even if a cancelled read later drops it.
+        self.taken();
+        match kind {
+            INLINE => Taken::Inline(payload),
+            _ => Taken::OnSocket,
+        }
+    }
+
+    // ---- places ----
 
     /// Takes a place for one message, or says why not.
     fn try_reserve(&self) -> Result<bool> {
@@ -215,6 +339,7 @@ impl<T> Queue<T> {
         self.inner.space.arm()?;
         let _waiting = Counted::new(self.word(SPACE_WAITERS));
         loop {
+            self.word(SPACE_RUNG).store(0, SeqCst);
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
                 return Ok(());
@@ -229,6 +354,7 @@ impl<T> Queue<T> {
         }
         let _waiting = Counted::new(self.word(SPACE_WAITERS));
         loop {
+            self.word(SPACE_RUNG).store(0, SeqCst);
             let seen = self.inner.space.observe();
             if self.try_reserve()? {
                 return Ok(());
@@ -237,57 +363,119 @@ impl<T> Queue<T> {
         }
     }
 
-    fn settle_put(&self, sent: Result<()>) -> Result<()> {
-        if let Err(err) = sent {
-            self.word(UNFINISHED).fetch_sub(1, SeqCst);
-            self.unreserve();
-            return Err(match err {
-                Error::Disconnected => Error::Closed,
-                other => other,
-            });
+    /// Waits, with the write lock released, until consumers have made room in the ring.
+    async fn ring_room(&self, need: usize) -> Result<()> {
+        self.inner.space.arm()?;
+        let _waiting = Counted::new(self.word(SPACE_WAITERS));
+        loop {
+            self.word(SPACE_RUNG).store(0, SeqCst);
+            let seen = self.inner.space.observe();
+            if self.ring_has_room(need) {
+                return Ok(());
+            }
+            self.inner.space.wait(seen, &[]).await?;
         }
-        Ok(())
     }
 
-    fn unreserve(&self) {
+    fn ring_room_blocking(&self, need: usize) -> Result<()> {
+        let _waiting = Counted::new(self.word(SPACE_WAITERS));
+        loop {
+            self.word(SPACE_RUNG).store(0, SeqCst);
+            let seen = self.inner.space.observe();
+            if self.ring_has_room(need) {
+                return Ok(());
+            }
+            self.inner.space.wait_blocking(seen, &[], None)?;
+        }
+    }
+
+    fn ring_has_room(&self, need: usize) -> bool {
+        let used = self.position(TAIL).load(SeqCst) - self.position(HEAD).load(SeqCst);
+        self.is_closed() || self.ring_len() - used >= need as u64
+    }
+
+    /// A failed put gives its place back.
+    fn unput(&self) {
+        self.word(UNFINISHED).fetch_sub(1, SeqCst);
         self.word(ITEMS).fetch_sub(1, SeqCst);
         self.inner.space.notify();
     }
-}
 
-/// A message with a reserved place, on its way into the stream. If the `put` is
-/// cancelled before any byte went out, the place is given back; if it is cancelled part
-/// way through the message, the rest is written (blocking: the stream must stay whole
-/// for everyone) and the message counts as put.
-struct PutInFlight<'a, T> {
-    queue: &'a Queue<T>,
-    write: WriteHalf,
-    total: usize,
-    locked: bool,
-    settled: bool,
-}
+    /// A message left the queue: free its place.
+    fn taken(&self) {
+        self.word(ITEMS).fetch_sub(1, SeqCst);
+        ring_bell(
+            self.word(SPACE_WAITERS),
+            self.word(SPACE_RUNG),
+            &self.inner.space,
+        );
+    }
 
-impl<'a, T> PutInFlight<'a, T> {
-    fn new(queue: &'a Queue<T>, write: WriteHalf) -> Self {
-        let total = write.buffered();
-        PutInFlight {
-            queue,
-            write,
-            total,
-            locked: false,
-            settled: false,
+    /// Whether an empty, closed queue is final: no producer is between its check of
+    /// `closed` and its entry (producers place entries under the write lock).
+    async fn drained(&self) -> Result<bool> {
+        if !self.is_closed() {
+            return Ok(false);
+        }
+        self.inner.write_lock.acquire(true).await?;
+        self.inner.write_lock.unlock();
+        Ok(self.ring_is_empty())
+    }
+
+    fn drained_blocking(&self) -> Result<bool> {
+        if !self.is_closed() {
+            return Ok(false);
+        }
+        self.inner.write_lock.acquire_blocking(true, None)?;
+        self.inner.write_lock.unlock();
+        Ok(self.ring_is_empty())
+    }
+
+    /// Waits until the ring holds something or the queue is closed.
+    async fn data_or_close(&self) -> Result<()> {
+        self.inner.data.arm()?;
+        let _waiting = Counted::new(self.word(DATA_WAITERS));
+        loop {
+            self.word(DATA_RUNG).store(0, SeqCst);
+            let seen = self.inner.data.observe();
+            if !self.ring_is_empty() || self.is_closed() {
+                return Ok(());
+            }
+            self.inner.data.wait(seen, &[]).await?;
         }
     }
 
-    async fn send(mut self) -> Result<()> {
-        self.queue.inner.write_lock.acquire(true).await?;
-        self.locked = true;
-        let flushed = futures::future::poll_fn(|cx| self.write.poll_flush(cx)).await;
-        self.queue.inner.write_lock.unlock();
-        self.locked = false;
-        self.settled = true;
-        self.queue.settle_put(flushed)
+    /// [`data_or_close`](Self::data_or_close), blocking; `false` at the deadline.
+    fn data_or_close_blocking(&self, deadline: Option<Instant>) -> Result<bool> {
+        let _waiting = Counted::new(self.word(DATA_WAITERS));
+        loop {
+            self.word(DATA_RUNG).store(0, SeqCst);
+            let seen = self.inner.data.observe();
+            if !self.ring_is_empty() || self.is_closed() {
+                return Ok(true);
+            }
+            if !self.inner.data.wait_blocking(seen, &[], deadline)? {
+                return Ok(false);
+            }
+        }
     }
+}
+
+/// Wakes the sleepers on `bell`, if any, once per sleep: a sleeper clears `rung` before
+/// it looks again, so producers and consumers working flat out make no system call.
+fn ring_bell(waiters: &AtomicU32, rung: &AtomicU32, bell: &Notifier) {
+    if waiters.load(SeqCst) > 0 && rung.swap(1, SeqCst) == 0 {
+        bell.notify();
+    }
+}
+
+/// A put between taking its place and finishing: dropped early (a cancelled `put`), it
+/// gives the place back; dropped while its frame is on its way to the socket, it
+/// finishes the frame (blocking: a consumer already expects it).
+struct PutInFlight<'a, T> {
+    queue: &'a Queue<T>,
+    frame: Option<WriteHalf>,
+    settled: bool,
 }
 
 impl<T> Drop for PutInFlight<'_, T> {
@@ -295,37 +483,120 @@ impl<T> Drop for PutInFlight<'_, T> {
         if self.settled {
             return;
         }
-        let started = self.write.buffered() < self.total;
-        if self.locked && started {
-            let _ = self.write.flush_blocking();
-        } else {
-            self.queue.settle_put(Err(Error::Closed)).ok();
-        }
-        if self.locked {
-            self.queue.inner.write_lock.unlock();
+        match self.frame.as_mut() {
+            Some(frame) => {
+                let _ = frame.flush_blocking();
+                self.queue.inner.write_lock.unlock();
+            }
+            None => self.queue.unput(),
         }
     }
 }
 
 impl<T: Serialize> Queue<T> {
-    fn encode(&self, message: &T) -> Result<WriteHalf> {
-        let mut write = WriteHalf::new(self.inner.writer.clone());
-        write.encode(message)?;
-        Ok(write)
+    fn encode(&self, message: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        wire::encode_value(message)
     }
 
     fn counted_put(&self) {
         self.word(UNFINISHED).fetch_add(1, SeqCst);
     }
 
+    fn socket_frame(&self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<WriteHalf> {
+        let mut frame = WriteHalf::new(self.inner.writer.clone());
+        frame.push_encoded(payload, fds)?;
+        Ok(frame)
+    }
+
     /// Puts a message, waiting while the queue is full.
     ///
     /// See [`Queue::close`] for an example.
     pub async fn put(&self, message: T) -> Result<()> {
-        let write = self.encode(&message)?;
+        let encoded = self.encode(&message)?;
         self.reserve().await?;
         self.counted_put();
-        PutInFlight::new(self, write).send().await
+        self.send(encoded).await
+    }
+
+    /// Places a message whose place is reserved.
+    async fn send(&self, (payload, fds): (Vec<u8>, Vec<OwnedFd>)) -> Result<()> {
+        let mut flight = PutInFlight {
+            queue: self,
+            frame: None,
+            settled: false,
+        };
+        let inline = fds.is_empty() && payload.len() <= self.inline_limit();
+        // A frame is checked before its mark is placed: a mark promises a frame.
+        let mut frame = match inline {
+            true => None,
+            false => Some(self.socket_frame(&payload, fds)?),
+        };
+        loop {
+            self.inner.write_lock.acquire(true).await?;
+            match self.place(&payload, inline) {
+                Ok(Placed::InRing) => {
+                    self.inner.write_lock.unlock();
+                    flight.settled = true;
+                    return Ok(());
+                }
+                Ok(Placed::OnSocket) => {
+                    let frame = flight.frame.insert(frame.take().expect("built for a mark"));
+                    let flushed = futures::future::poll_fn(|cx| frame.poll_flush(cx)).await;
+                    self.inner.write_lock.unlock();
+                    flight.settled = true;
+                    return flushed;
+                }
+                Ok(Placed::NoRoom) => {
+                    self.inner.write_lock.unlock();
+                    self.ring_room(self.entry_len(&payload, inline)).await?;
+                }
+                Err(err) => {
+                    self.inner.write_lock.unlock();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn entry_len(&self, payload: &[u8], inline: bool) -> usize {
+        ENTRY_LEN + if inline { payload.len() } else { 0 }
+    }
+
+    /// Places a message whose place is reserved, blocking the thread.
+    fn send_blocking(&self, (payload, fds): (Vec<u8>, Vec<OwnedFd>)) -> Result<()> {
+        let inline = fds.is_empty() && payload.len() <= self.inline_limit();
+        let mut frame = match inline {
+            true => None,
+            false => match self.socket_frame(&payload, fds) {
+                Ok(frame) => Some(frame),
+                Err(err) => {
+                    self.unput();
+                    return Err(err);
+                }
+            },
+        };
+        loop {
+            if let Err(err) = self.inner.write_lock.acquire_blocking(true, None) {
+                self.unput();
+                return Err(err);
+            }
+            let result = match self.place(&payload, inline) {
+                Ok(Placed::InRing) => Ok(()),
+                Ok(Placed::OnSocket) => frame.take().expect("built for a mark").flush_blocking(),
+                Ok(Placed::NoRoom) => {
+                    self.inner.write_lock.unlock();
+                    self.ring_room_blocking(self.entry_len(&payload, inline))?;
+                    continue;
+                }
+                Err(err) => {
+                    self.inner.write_lock.unlock();
+                    self.unput();
+                    return Err(err);
+                }
+            };
+            self.inner.write_lock.unlock();
+            return result;
+        }
     }
 
     /// Puts a message if there is room now; `Ok(false)` if the queue is full.
@@ -337,13 +608,12 @@ impl<T: Serialize> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn try_put(&self, message: T) -> Result<bool> {
-        let mut write = self.encode(&message)?;
+        let encoded = self.encode(&message)?;
         if !self.try_reserve()? {
             return Ok(false);
         }
         self.counted_put();
-        let sent = self.write_blocking(&mut write);
-        self.settle_put(sent).map(|()| true)
+        self.send_blocking(encoded).map(|()| true)
     }
 
     /// [`put`](Self::put) with a time limit on waiting for room.
@@ -360,30 +630,23 @@ impl<T: Serialize> Queue<T> {
     /// # }
     /// ```
     pub async fn put_timeout(&self, message: T, timeout: Duration) -> Result<()> {
-        let write = self.encode(&message)?;
+        let encoded = self.encode(&message)?;
         match tokio::time::timeout(timeout, self.reserve()).await {
             Ok(reserved) => reserved?,
             Err(_) => return Err(Error::Timeout { after: timeout }),
         }
         self.counted_put();
-        PutInFlight::new(self, write).send().await
+        self.send(encoded).await
     }
+
     /// Puts a message, blocking the calling thread while the queue is full.
     ///
     /// See [`Queue`] for an example.
     pub fn put_blocking(&self, message: T) -> Result<()> {
-        let mut write = self.encode(&message)?;
+        let encoded = self.encode(&message)?;
         self.reserve_blocking()?;
         self.counted_put();
-        let sent = self.write_blocking(&mut write);
-        self.settle_put(sent)
-    }
-
-    fn write_blocking(&self, write: &mut WriteHalf) -> Result<()> {
-        self.inner.write_lock.acquire_blocking(true, None)?;
-        let flushed = write.flush_blocking();
-        self.inner.write_lock.unlock();
-        flushed
+        self.send_blocking(encoded)
     }
 }
 
@@ -393,69 +656,71 @@ struct RawFrame {
     fds: Vec<OwnedFd>,
 }
 
-impl<T> Queue<T> {
-    /// Messages left the shared queue: free their places.
-    fn taken(&self, count: usize) {
-        self.word(ITEMS).fetch_sub(count as u32, SeqCst);
-        if self.word(SPACE_WAITERS).load(SeqCst) > 0 {
-            self.inner.space.notify();
-        }
-    }
-}
-
 impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next message, waiting while the queue is empty; [`Error::Closed`] once
     /// it is closed and empty.
     ///
-    /// A consumer holds the queue's read lock only while a message is arriving, never
-    /// while it waits for one to start, so a consumer killed while it waits costs the
-    /// others nothing. Cancelling `get` loses nothing, except in the middle of a large
-    /// message: the stream must stay whole for the other consumers, so that message is
+    /// A consumer holds the queue's read lock only while it takes a message, never while
+    /// it waits for one, so a consumer killed while it waits costs the others nothing.
+    /// Cancelling `get` loses nothing, except in the middle of a large message read from
+    /// the socket: the stream must stay whole for the other consumers, so that message is
     /// read to its end and dropped.
     ///
     /// See [`Queue`] for an example.
     pub async fn get(&self) -> Result<T> {
         loop {
             self.inner.read_lock.acquire(false).await?;
-            let _unlock = UnlockOnDrop(&self.inner.read_lock);
-            let mut read = FrameRead::new(&self.inner.reader);
-            match read.step(crate::sys::Wait::No) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    drop(_unlock);
-                    self.inner.reader.readable().await?;
-                    continue;
+            let unlock = UnlockOnDrop(&self.inner.read_lock);
+            match self.take() {
+                Taken::Inline(payload) => {
+                    drop(unlock);
+                    return self.finish(payload, Vec::new());
                 }
-                Err(e) => return Err(Error::from_io(e)),
-                Ok(None) => return Err(Error::Closed),
-                Ok(Some(_)) => {}
+                Taken::OnSocket => {
+                    let mut read = FrameRead::new(&self.inner.reader);
+                    let frame = read.run().await;
+                    read.done = true;
+                    drop(unlock);
+                    return self.finish_frame(frame);
+                }
+                Taken::Empty => {
+                    drop(unlock);
+                    if self.drained().await? {
+                        return Err(Error::Closed);
+                    }
+                    self.data_or_close().await?;
+                }
             }
-            let frame = read.run().await;
-            read.done = true;
-            return self.finish(frame);
         }
     }
 
-    fn finish(&self, frame: Result<Option<RawFrame>>) -> Result<T> {
-        match frame? {
-            Some(frame) => {
-                self.taken(1);
-                wire::decode_payload(&frame.payload, frame.fds)
-            }
-            None => Err(Error::Closed),
+    fn finish(&self, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Result<T> {
+        wire::decode_payload(&payload, fds)
+    }
+
+    fn finish_frame(&self, frame: Result<Option<RawFrame>>) -> Result<T> {
+        match frame {
+            Ok(Some(frame)) => self.finish(frame.payload, frame.fds),
+            Ok(None) => Err(Error::Protocol(
+                "the queue's stream ended before a marked message".into(),
+            )),
+            Err(err) => Err(err),
         }
     }
 
-    fn get_now(&self, wait: crate::sys::Wait) -> Result<Option<T>> {
-        let mut read = FrameRead::new(&self.inner.reader);
-        match read.step(wait) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(Error::from_io(e)),
-            Ok(None) => return Err(Error::Closed),
-            Ok(Some(_)) => {}
+    /// Takes a message under the read lock, which the caller holds; `None` if the
+    /// ring is empty.
+    fn take_blocking(&self) -> Result<Option<T>> {
+        match self.take() {
+            Taken::Inline(payload) => self.finish(payload, Vec::new()).map(Some),
+            Taken::OnSocket => {
+                let mut read = FrameRead::new(&self.inner.reader);
+                let frame = read.run_blocking();
+                read.done = true;
+                self.finish_frame(frame).map(Some)
+            }
+            Taken::Empty => Ok(None),
         }
-        let frame = read.run_blocking();
-        read.done = true;
-        self.finish(frame).map(Some)
     }
 
     /// Takes a message if one is already queued; `Ok(None)` if none is.
@@ -468,15 +733,21 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
+        if self.ring_is_empty() {
+            return match self.is_closed() {
+                true => Err(Error::Closed),
+                false => Ok(None),
+            };
+        }
         if !self
             .inner
             .read_lock
-            .acquire_blocking(false, Some(std::time::Instant::now()))?
+            .acquire_blocking(false, Some(Instant::now()))?
         {
             return Ok(None);
         }
         let _unlock = UnlockOnDrop(&self.inner.read_lock);
-        self.get_now(crate::sys::Wait::No)
+        self.take_blocking()
     }
 
     /// [`get`](Self::get) with a time limit on waiting for a message.
@@ -492,15 +763,9 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # }
     /// ```
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(message) = self.try_get()? {
-                return Ok(message);
-            }
-            match tokio::time::timeout_at(deadline, self.inner.reader.readable()).await {
-                Err(_) => return Err(Error::Timeout { after: timeout }),
-                Ok(ready) => ready?,
-            }
+        match tokio::time::timeout(timeout, self.get()).await {
+            Ok(got) => got,
+            Err(_) => Err(Error::Timeout { after: timeout }),
         }
     }
 
@@ -516,11 +781,14 @@ impl<T: DeserializeOwned> Queue<T> {
         loop {
             self.inner.read_lock.acquire_blocking(false, None)?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
-            if let Some(message) = self.get_now(crate::sys::Wait::No)? {
+            if let Some(message) = self.take_blocking()? {
                 return Ok(message);
             }
             drop(unlock);
-            crate::sys::poll_one(self.inner.reader.fd(), false, -1)?;
+            if self.drained_blocking()? {
+                return Err(Error::Closed);
+            }
+            self.data_or_close_blocking(None)?;
         }
     }
 }
@@ -689,6 +957,7 @@ impl Serialize for Inner {
             &self.write_lock,
             &self.read_lock,
             &self.space,
+            &self.data,
             &self.done,
         )
             .serialize(serializer)
@@ -697,8 +966,17 @@ impl Serialize for Inner {
 
 impl<'de> Deserialize<'de> for Inner {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        type Parts = (SharedMemory, PassFd, PassFd, Lock, Lock, Notifier, Notifier);
-        let (state, PassFd(writer), PassFd(reader), write_lock, read_lock, space, done) =
+        type Parts = (
+            SharedMemory,
+            PassFd,
+            PassFd,
+            Lock,
+            Lock,
+            Notifier,
+            Notifier,
+            Notifier,
+        );
+        let (state, PassFd(writer), PassFd(reader), write_lock, read_lock, space, data, done) =
             Parts::deserialize(deserializer)?;
         let socket = |fd: OwnedFd| SocketFd::new(fd).map_err(serde::de::Error::custom);
         Ok(Inner {
@@ -708,6 +986,7 @@ impl<'de> Deserialize<'de> for Inner {
             write_lock,
             read_lock,
             space,
+            data,
             done,
         })
     }

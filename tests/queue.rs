@@ -209,3 +209,86 @@ async fn timeouts_on_an_empty_or_full_queue() {
     ));
     assert_eq!(queue.get_timeout(Duration::from_secs(5)).await.unwrap(), 1);
 }
+
+/// Small messages, large ones and ones carrying a descriptor, mixed: the consumer sees
+/// them in the order they were put.
+#[derive(Serialize, Deserialize)]
+enum Mixed {
+    Small(u32),
+    Large(u32, #[serde(with = "serde_bytes")] Vec<u8>),
+    WithPipe(u32, multiprocess::Receiver<u32>),
+}
+
+fn produce_mixed(queue: Queue<Mixed>) {
+    for id in 0..3000u32 {
+        let message = match id % 10 {
+            3 => Mixed::Large(id, vec![id as u8; 300 << 10]),
+            7 => {
+                let (mut tx, rx) = multiprocess::channel::<u32>().unwrap();
+                tx.send_blocking(id).unwrap();
+                Mixed::WithPipe(id, rx)
+            }
+            _ => Mixed::Small(id),
+        };
+        queue.put_blocking(message).unwrap();
+    }
+    queue.close();
+}
+
+#[tokio::test]
+async fn mixed_messages_keep_their_order() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Mixed>::new(64).unwrap();
+    let producer = spawn_process(produce_mixed, queue.clone()).unwrap();
+    let mut next = 0u32;
+    loop {
+        let id = match queue.get().await {
+            Ok(Mixed::Small(id)) => id,
+            Ok(Mixed::Large(id, body)) => {
+                assert!(body.len() == 300 << 10 && body.iter().all(|b| *b == id as u8));
+                id
+            }
+            Ok(Mixed::WithPipe(id, mut rx)) => {
+                assert_eq!(rx.recv().await.unwrap(), id, "the pipe carries its own id");
+                id
+            }
+            Err(Error::Closed) => break,
+            Err(err) => panic!("{err}"),
+        };
+        assert_eq!(id, next, "out of order");
+        next += 1;
+    }
+    assert_eq!(next, 3000);
+    producer.await.unwrap();
+    assert_eq!(queue.len(), 0);
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// Cancelled puts and gets give their places back: nothing is lost or counted twice.
+#[tokio::test]
+async fn cancelled_puts_and_gets_lose_nothing() {
+    let queue = Queue::<u32>::new(2).unwrap();
+    queue.put(1).await.unwrap();
+    queue.put(2).await.unwrap();
+    // Full: a put that waits is cancelled by its timeout and takes no place.
+    for _ in 0..3 {
+        assert!(matches!(
+            queue.put_timeout(9, Duration::from_millis(5)).await,
+            Err(Error::Timeout { .. })
+        ));
+    }
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue.get().await.unwrap(), 1);
+    assert_eq!(queue.get().await.unwrap(), 2);
+    // Empty: a get that waits is cancelled and takes nothing.
+    for _ in 0..3 {
+        assert!(matches!(
+            queue.get_timeout(Duration::from_millis(5)).await,
+            Err(Error::Timeout { .. })
+        ));
+    }
+    queue.put(3).await.unwrap();
+    assert_eq!(queue.try_get().unwrap(), Some(3));
+    assert_eq!(queue.len(), 0);
+}

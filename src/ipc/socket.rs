@@ -404,6 +404,31 @@ impl WriteHalf {
         Ok(())
     }
 
+    /// Appends a frame for a payload encoded already (by `wire::encode_value`).
+    pub(crate) fn push_encoded(&mut self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<()> {
+        if payload.len() > self.max_frame_len || payload.len() > u32::MAX as usize {
+            return Err(Error::FrameTooLarge {
+                len: payload.len() as u64,
+                max: self.max_frame_len,
+            });
+        }
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(Error::Encode(format!(
+                "a message may carry at most {} descriptors, this one has {}",
+                sys::MAX_FDS_PER_MESSAGE,
+                fds.len()
+            )));
+        }
+        let offset = self.buf.len();
+        self.buf.resize(offset + wire::HEADER_LEN, 0);
+        wire::write_header(&mut self.buf[offset..], payload.len(), fds.len());
+        self.buf.extend_from_slice(payload);
+        if !fds.is_empty() {
+            self.fd_marks.push_back((offset, fds));
+        }
+        Ok(())
+    }
+
     /// One `sendmsg` of the bytes up to the next frame that carries descriptors.
     /// Returns whether everything offered was taken.
     fn write_once(&mut self, wait: Wait) -> io::Result<bool> {
