@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ipc::wire::{self, HEADER_LEN};
 use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
-use crate::sync::{Counted, Lock, Notifier};
+use crate::sync::{Counted, Lock, Notifier, token, watch_owner};
 
 // The queue's shared words, then its ring of messages.
 const CAPACITY: usize = 0;
@@ -28,6 +28,10 @@ const DATA_RUNG: usize = 28;
 const HEAD: usize = 32;
 const TAIL: usize = 40;
 const RING_LEN: usize = 48;
+/// The pid of a producer that died in the middle of a socket frame: the stream is lost.
+const BROKEN: usize = 52;
+/// The token of the producer writing a socket frame, zero between frames.
+const WRITER: usize = 56;
 const RING: usize = 64;
 
 /// A ring entry: the payload's length, then where the payload is.
@@ -46,8 +50,10 @@ const ON_SOCKET: u32 = 1;
 /// waits while `capacity` messages are queued. After [`close`](Queue::close), `put`
 /// fails and consumers get [`Error::Closed`] once the queue is empty.
 ///
-/// If a consumer process dies while it holds the queue's read lock, the queue can no
-/// longer be trusted: later `get`s fail with [`Error::OwnerDied`].
+/// If a consumer process dies while it holds the queue's read lock, or a producer dies
+/// in the middle of writing a large message to the socket, the queue can no longer be
+/// trusted: later calls fail with [`Error::OwnerDied`] (a consumer reading that message
+/// finds out as soon as its writer is gone).
 ///
 /// ```
 /// use multiprocess::{Queue, spawn_process};
@@ -223,6 +229,42 @@ impl<T> Queue<T> {
         }
     }
 
+    /// `Err(OwnerDied)` once a producer died in the middle of a socket frame.
+    fn check_broken(&self) -> Result<()> {
+        match self.word(BROKEN).load(SeqCst) {
+            0 => Ok(()),
+            pid => Err(Error::OwnerDied { pid }),
+        }
+    }
+
+    fn break_stream(&self, pid: u32) -> Error {
+        tracing::warn!(
+            pid,
+            "queue producer died mid-message; the queue is unusable"
+        );
+        let _ = self
+            .word(BROKEN)
+            .compare_exchange(0, pid.max(1), SeqCst, SeqCst);
+        self.inner.data.notify();
+        self.inner.space.notify();
+        Error::OwnerDied { pid }
+    }
+
+    /// Called with the write lock just taken: a writer still recorded died before it
+    /// finished its frame (a live one clears itself before unlocking).
+    fn check_writer(&self) -> Result<()> {
+        self.check_broken()?;
+        match self.position(WRITER).load(SeqCst) {
+            0 => Ok(()),
+            dead => Err(self.break_stream((dead >> 32) as u32)),
+        }
+    }
+
+    /// Who owes the frame being read: the consumer waits for its bytes or its death.
+    fn writer_watch(&self) -> WriterWatch<'_> {
+        WriterWatch(self.position(WRITER))
+    }
+
     // ---- the ring ----
 
     fn ring_len(&self) -> u64 {
@@ -268,6 +310,11 @@ impl<T> Queue<T> {
         };
         if free < (ENTRY_LEN + stored.len()) as u64 {
             return Ok(Placed::NoRoom);
+        }
+        if kind == ON_SOCKET {
+            // Recorded before the mark is visible: a consumer that finds the mark can
+            // always tell who owes it the frame.
+            self.position(WRITER).store(token(), SeqCst);
         }
         let mut entry = [0u8; ENTRY_LEN];
         entry[..4].copy_from_slice(&(stored.len() as u32).to_le_bytes());
@@ -316,6 +363,7 @@ impl<T> Queue<T> {
         let capacity = self.capacity();
         let mut items = self.word(ITEMS).load(SeqCst);
         loop {
+            self.check_broken()?;
             if self.is_closed() {
                 return Err(Error::Closed);
             }
@@ -391,7 +439,7 @@ impl<T> Queue<T> {
 
     fn ring_has_room(&self, need: usize) -> bool {
         let used = self.position(TAIL).load(SeqCst) - self.position(HEAD).load(SeqCst);
-        self.is_closed() || self.ring_len() - used >= need as u64
+        self.is_closed() || self.check_broken().is_err() || self.ring_len() - used >= need as u64
     }
 
     /// A failed put gives its place back.
@@ -438,7 +486,7 @@ impl<T> Queue<T> {
         loop {
             self.word(DATA_RUNG).store(0, SeqCst);
             let seen = self.inner.data.observe();
-            if !self.ring_is_empty() || self.is_closed() {
+            if !self.ring_is_empty() || self.is_closed() || self.check_broken().is_err() {
                 return Ok(());
             }
             self.inner.data.wait(seen, &[]).await?;
@@ -451,7 +499,7 @@ impl<T> Queue<T> {
         loop {
             self.word(DATA_RUNG).store(0, SeqCst);
             let seen = self.inner.data.observe();
-            if !self.ring_is_empty() || self.is_closed() {
+            if !self.ring_is_empty() || self.is_closed() || self.check_broken().is_err() {
                 return Ok(true);
             }
             if !self.inner.data.wait_blocking(seen, &[], deadline)? {
@@ -486,6 +534,7 @@ impl<T> Drop for PutInFlight<'_, T> {
         match self.frame.as_mut() {
             Some(frame) => {
                 let _ = frame.flush_blocking();
+                self.queue.position(WRITER).store(0, SeqCst);
                 self.queue.inner.write_lock.unlock();
             }
             None => self.queue.unput(),
@@ -533,6 +582,10 @@ impl<T: Serialize> Queue<T> {
         };
         loop {
             self.inner.write_lock.acquire(true).await?;
+            if let Err(err) = self.check_writer() {
+                self.inner.write_lock.unlock();
+                return Err(err);
+            }
             match self.place(&payload, inline) {
                 Ok(Placed::InRing) => {
                     self.inner.write_lock.unlock();
@@ -542,6 +595,7 @@ impl<T: Serialize> Queue<T> {
                 Ok(Placed::OnSocket) => {
                     let frame = flight.frame.insert(frame.take().expect("built for a mark"));
                     let flushed = futures::future::poll_fn(|cx| frame.poll_flush(cx)).await;
+                    self.position(WRITER).store(0, SeqCst);
                     self.inner.write_lock.unlock();
                     flight.settled = true;
                     return flushed;
@@ -580,9 +634,18 @@ impl<T: Serialize> Queue<T> {
                 self.unput();
                 return Err(err);
             }
+            if let Err(err) = self.check_writer() {
+                self.inner.write_lock.unlock();
+                self.unput();
+                return Err(err);
+            }
             let result = match self.place(&payload, inline) {
                 Ok(Placed::InRing) => Ok(()),
-                Ok(Placed::OnSocket) => frame.take().expect("built for a mark").flush_blocking(),
+                Ok(Placed::OnSocket) => {
+                    let flushed = frame.take().expect("built for a mark").flush_blocking();
+                    self.position(WRITER).store(0, SeqCst);
+                    flushed
+                }
                 Ok(Placed::NoRoom) => {
                     self.inner.write_lock.unlock();
                     self.ring_room_blocking(self.entry_len(&payload, inline))?;
@@ -669,6 +732,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// See [`Queue`] for an example.
     pub async fn get(&self) -> Result<T> {
         loop {
+            self.check_broken()?;
             self.inner.read_lock.acquire(false).await?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
             match self.take() {
@@ -677,7 +741,7 @@ impl<T: DeserializeOwned> Queue<T> {
                     return self.finish(payload, Vec::new());
                 }
                 Taken::OnSocket => {
-                    let mut read = FrameRead::new(&self.inner.reader);
+                    let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
                     let frame = read.run().await;
                     read.done = true;
                     drop(unlock);
@@ -700,6 +764,7 @@ impl<T: DeserializeOwned> Queue<T> {
 
     fn finish_frame(&self, frame: Result<Option<RawFrame>>) -> Result<T> {
         match frame {
+            Err(Error::OwnerDied { pid }) => Err(self.break_stream(pid)),
             Ok(Some(frame)) => self.finish(frame.payload, frame.fds),
             Ok(None) => Err(Error::Protocol(
                 "the queue's stream ended before a marked message".into(),
@@ -714,7 +779,7 @@ impl<T: DeserializeOwned> Queue<T> {
         match self.take() {
             Taken::Inline(payload) => self.finish(payload, Vec::new()).map(Some),
             Taken::OnSocket => {
-                let mut read = FrameRead::new(&self.inner.reader);
+                let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
                 let frame = read.run_blocking();
                 read.done = true;
                 self.finish_frame(frame).map(Some)
@@ -733,6 +798,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn try_get(&self) -> Result<Option<T>> {
+        self.check_broken()?;
         if self.ring_is_empty() {
             return match self.is_closed() {
                 true => Err(Error::Closed),
@@ -779,6 +845,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// ```
     pub fn get_blocking(&self) -> Result<T> {
         loop {
+            self.check_broken()?;
             self.inner.read_lock.acquire_blocking(false, None)?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
             if let Some(message) = self.take_blocking()? {
@@ -805,11 +872,13 @@ struct FrameRead<'a> {
     fds: Vec<OwnedFd>,
     control: Vec<u8>,
     done: bool,
+    writer: WriterWatch<'a>,
 }
 
 impl<'a> FrameRead<'a> {
-    fn new(reader: &'a SocketFd) -> Self {
+    fn new(reader: &'a SocketFd, writer: WriterWatch<'a>) -> Self {
         FrameRead {
+            writer,
             reader,
             header: [0; HEADER_LEN],
             header_got: 0,
@@ -863,7 +932,7 @@ impl<'a> FrameRead<'a> {
         }
     }
 
-    /// Completes a frame whose first bytes have arrived, blocking the thread.
+    /// Completes a frame, blocking the thread.
     fn run_blocking(&mut self) -> Result<Option<RawFrame>> {
         loop {
             if self.header_got == HEADER_LEN && self.payload.is_empty() && self.payload_got == 0 {
@@ -880,7 +949,7 @@ impl<'a> FrameRead<'a> {
                     ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    crate::sys::poll_one(self.reader.fd(), false, -1)?;
+                    self.writer.wait_blocking(self.reader)?;
                 }
                 Err(e) => return Err(Error::from_io(e)),
             }
@@ -904,7 +973,7 @@ impl<'a> FrameRead<'a> {
                     ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.reader.readable().await?
+                    self.writer.wait(self.reader).await?
                 }
                 Err(e) => return Err(Error::from_io(e)),
             }
@@ -926,8 +995,74 @@ impl Drop for FrameRead<'_> {
             {
                 return;
             }
-            if self.complete() || !matches!(self.step(crate::sys::Wait::Block), Ok(Some(_))) {
+            if self.complete() {
                 return;
+            }
+            match self.step(crate::sys::Wait::No) {
+                Ok(Some(_)) => {}
+                // Waits for the rest, or for its writer's death.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.writer.wait_blocking(self.reader).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The producer writing the frame a consumer reads, by its token.
+#[derive(Clone, Copy)]
+struct WriterWatch<'a>(&'a AtomicU64);
+
+impl WriterWatch<'_> {
+    /// Waits until the socket is readable or the writer is gone. A writer that is gone
+    /// while nothing more can be read will never finish its frame: `OwnerDied`.
+    async fn wait(self, reader: &SocketFd) -> Result<()> {
+        let writer = self.0.load(SeqCst);
+        if writer == 0 {
+            // The frame is complete in the socket already.
+            return reader.readable().await;
+        }
+        match watch_owner(writer)? {
+            None if !crate::sys::poll_one(reader.fd(), false, 0)? => Err(Error::OwnerDied {
+                pid: (writer >> 32) as u32,
+            }),
+            None => Ok(()),
+            Some(watch) => {
+                tokio::select! {
+                    ready = reader.readable() => ready,
+                    died = watch.died() => died,
+                }
+            }
+        }
+    }
+
+    fn wait_blocking(self, reader: &SocketFd) -> Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let writer = self.0.load(SeqCst);
+        let watch = match writer {
+            0 => None,
+            writer => match watch_owner(writer)? {
+                Some(watch) => Some(watch),
+                None if !crate::sys::poll_one(reader.fd(), false, 0)? => {
+                    return Err(Error::OwnerDied {
+                        pid: (writer >> 32) as u32,
+                    });
+                }
+                None => return Ok(()),
+            },
+        };
+        let mut fds = vec![PollFd::new(reader.fd(), PollFlags::POLLIN)];
+        if let Some(watch) = &watch {
+            fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::Io(e.into())),
             }
         }
     }

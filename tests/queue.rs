@@ -292,3 +292,46 @@ async fn cancelled_puts_and_gets_lose_nothing() {
     assert_eq!(queue.try_get().unwrap(), Some(3));
     assert_eq!(queue.len(), 0);
 }
+
+fn put_huge(queue: Queue<Vec<u8>>) {
+    // Far more than the socket holds: with nobody reading, this blocks mid-frame.
+    queue.put_blocking(vec![7u8; 8 << 20]).unwrap();
+}
+
+fn state_of(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .map(|(_, r)| r.chars().next().unwrap_or('?'))
+        })
+        .unwrap_or('?')
+}
+
+/// A producer killed while writing a large message: the consumer reading it gets
+/// `OwnerDied` instead of waiting forever, and so does everyone after it.
+#[tokio::test]
+async fn a_producer_killed_mid_message_breaks_the_queue_without_hanging() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut producer = spawn_process(put_huge, queue.clone()).unwrap();
+    let pid = producer.pid();
+    // Its place is taken and it sleeps: blocked writing into the full socket.
+    common::eventually("producer blocked mid-message", || {
+        queue.len() == 1 && state_of(pid) == 'S'
+    })
+    .await;
+    producer.kill().unwrap();
+    assert!(producer.join().await.is_err());
+    match queue.get().await {
+        Err(Error::OwnerDied { pid: died }) => assert_eq!(died, pid),
+        other => panic!("expected OwnerDied, got {:?}", other.map(|v| v.len())),
+    }
+    assert!(matches!(queue.get().await, Err(Error::OwnerDied { .. })));
+    assert!(matches!(
+        queue.put(vec![1]).await,
+        Err(Error::OwnerDied { .. })
+    ));
+    drop(queue);
+    leaks.finish().await;
+}

@@ -227,14 +227,14 @@ pub(crate) enum OwnerWatch {
 }
 
 impl OwnerWatch {
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             OwnerWatch::Registered(afd) => afd.get_ref().as_fd(),
             OwnerWatch::Plain(fd) => fd.as_fd(),
         }
     }
 
-    async fn died(&self) -> Result<()> {
+    pub(crate) async fn died(&self) -> Result<()> {
         match self {
             OwnerWatch::Registered(afd) => {
                 afd.readable().await?.retain_ready();
