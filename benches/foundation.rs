@@ -220,8 +220,28 @@ fn bench_roundtrip(c: &mut Criterion) {
         })
     });
     drop(conn);
+
+    // The blocking API, like for like with the floor's blocking calls.
+    let (mut conn, child_end) = multiprocess::pipe::<ByteBuf, ByteBuf>().unwrap();
+    let mut blocking_child = spawn_process(framed_echo, child_end).unwrap();
+    let mut msg = Some(ByteBuf::from(vec![7u8; SMALL]));
+    group.bench_function("Connection 64 B, blocking calls", |b| {
+        b.iter_custom(|iters| {
+            let mut m = msg.take().unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                conn.send_blocking(m).unwrap();
+                m = conn.recv_blocking().unwrap();
+            }
+            let elapsed = start.elapsed();
+            msg = Some(m);
+            elapsed
+        })
+    });
+    drop(conn);
     group.finish();
     rt.block_on(async {
+        blocking_child.join().await.unwrap();
         echo_child.join().await.unwrap();
         floor_child.join().await.unwrap();
         tokio_child.join().await.unwrap();

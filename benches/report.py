@@ -19,7 +19,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", 
 ROWS = [
     ("spawn + join, trivial fn (exec)", "spawn", "spawn_process + join", "floor_ Command re-exec + wait", "latency", 1.1),
     ("spawn + join, trivial fn (fork server)", "spawn", "spawn_process + join, fork server", "floor_ raw fork + waitpid", "latency", 2.0),
-    ("64 B round trip (taskset -c 0)", "roundtrip", "Connection 64 B", "floor_ blocking socketpair 64 B", "latency", 1.3),
+    ("64 B round trip, async calls (taskset -c 0)", "roundtrip", "Connection 64 B", "floor_ blocking socketpair 64 B", "latency", 1.3),
+    ("64 B round trip, blocking calls (taskset -c 0)", "roundtrip", "Connection 64 B, blocking calls", "floor_ blocking socketpair 64 B", "latency", 1.3),
     ("  tokio UnixStream, no framing (reference)", "roundtrip", "reference_ tokio UnixStream 64 B", "floor_ blocking socketpair 64 B", "latency", None),
     ("1 MiB bulk messages", "bulk", "Connection 1 MiB", "floor_ blocking socketpair 1 MiB", "throughput", 0.9),
 ]

@@ -16,23 +16,25 @@ use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
 use crate::sync::{Counted, Lock, Notifier, token, watch_owner};
 
-// The queue's shared words, then its ring of messages.
+// The queue's shared words, then its ring of messages. Words written by different
+// sides live on different cache lines, so a producer and a consumer running flat out on
+// two CPUs do not take each other's lines for words they do not share.
 const CAPACITY: usize = 0;
-const ITEMS: usize = 4;
-const CLOSED: usize = 8;
-const UNFINISHED: usize = 12;
-const SPACE_WAITERS: usize = 16;
-const DATA_WAITERS: usize = 20;
-const SPACE_RUNG: usize = 24;
-const DATA_RUNG: usize = 28;
-const HEAD: usize = 32;
-const TAIL: usize = 40;
-const RING_LEN: usize = 48;
+const CLOSED: usize = 4;
+const RING_LEN: usize = 8;
 /// The pid of a producer that died in the middle of a socket frame: the stream is lost.
-const BROKEN: usize = 52;
+const BROKEN: usize = 12;
+const ITEMS: usize = 64;
+const UNFINISHED: usize = 128;
+const HEAD: usize = 192;
+const TAIL: usize = 256;
 /// The token of the producer writing a socket frame, zero between frames.
-const WRITER: usize = 56;
-const RING: usize = 64;
+const WRITER: usize = 264;
+const DATA_WAITERS: usize = 320;
+const DATA_RUNG: usize = 324;
+const SPACE_WAITERS: usize = 384;
+const SPACE_RUNG: usize = 388;
+const RING: usize = 448;
 
 /// A ring entry: the payload's length, then where the payload is.
 const ENTRY_LEN: usize = 8;
