@@ -124,6 +124,15 @@ enum Placed {
     NoRoom,
 }
 
+/// The two things a side may sleep for.
+#[derive(Clone, Copy)]
+enum Bell {
+    /// Room for a message (producers).
+    Space,
+    /// A message, or the end (consumers).
+    Data,
+}
+
 /// What a consumer holding the read lock found at the head of the ring.
 enum Taken {
     Inline(Vec<u8>),
@@ -386,56 +395,77 @@ impl<T> Queue<T> {
         if self.try_reserve()? {
             return Ok(());
         }
-        self.inner.space.arm()?;
-        let _waiting = Counted::new(self.word(SPACE_WAITERS));
-        loop {
-            self.word(SPACE_RUNG).store(0, SeqCst);
-            let seen = self.inner.space.observe();
-            if self.try_reserve()? {
-                return Ok(());
-            }
-            self.inner.space.wait(seen, &[]).await?;
-        }
+        self.wait_until(Bell::Space, || self.try_reserve()).await
     }
 
     fn reserve_blocking(&self) -> Result<()> {
         if self.try_reserve()? {
             return Ok(());
         }
-        let _waiting = Counted::new(self.word(SPACE_WAITERS));
-        loop {
-            self.word(SPACE_RUNG).store(0, SeqCst);
-            let seen = self.inner.space.observe();
-            if self.try_reserve()? {
-                return Ok(());
-            }
-            self.inner.space.wait_blocking(seen, &[], None)?;
-        }
+        self.wait_until_blocking(Bell::Space, None, || self.try_reserve())
+            .map(drop)
     }
 
     /// Waits, with the write lock released, until consumers have made room in the ring.
     async fn ring_room(&self, need: usize) -> Result<()> {
-        self.inner.space.arm()?;
-        let _waiting = Counted::new(self.word(SPACE_WAITERS));
-        loop {
-            self.word(SPACE_RUNG).store(0, SeqCst);
-            let seen = self.inner.space.observe();
-            if self.ring_has_room(need) {
-                return Ok(());
-            }
-            self.inner.space.wait(seen, &[]).await?;
-        }
+        self.wait_until(Bell::Space, || Ok(self.ring_has_room(need)))
+            .await
     }
 
     fn ring_room_blocking(&self, need: usize) -> Result<()> {
-        let _waiting = Counted::new(self.word(SPACE_WAITERS));
+        self.wait_until_blocking(Bell::Space, None, || Ok(self.ring_has_room(need)))
+            .map(drop)
+    }
+
+    fn bell(&self, bell: Bell) -> (&Notifier, &AtomicU32, &AtomicU32) {
+        match bell {
+            Bell::Space => (
+                &self.inner.space,
+                self.word(SPACE_WAITERS),
+                self.word(SPACE_RUNG),
+            ),
+            Bell::Data => (
+                &self.inner.data,
+                self.word(DATA_WAITERS),
+                self.word(DATA_RUNG),
+            ),
+        }
+    }
+
+    /// Sleeps on `bell` until `ready` holds. The sleeper is counted, and clears the
+    /// bell's `rung` flag before each look, so the other side rings again.
+    async fn wait_until(&self, bell: Bell, ready: impl Fn() -> Result<bool>) -> Result<()> {
+        let (notifier, waiters, rung) = self.bell(bell);
+        notifier.arm()?;
+        let _waiting = Counted::new(waiters);
         loop {
-            self.word(SPACE_RUNG).store(0, SeqCst);
-            let seen = self.inner.space.observe();
-            if self.ring_has_room(need) {
+            rung.store(0, SeqCst);
+            let seen = notifier.observe();
+            if ready()? {
                 return Ok(());
             }
-            self.inner.space.wait_blocking(seen, &[], None)?;
+            notifier.wait(seen, &[]).await?;
+        }
+    }
+
+    /// [`wait_until`](Self::wait_until), blocking; `false` at the deadline.
+    fn wait_until_blocking(
+        &self,
+        bell: Bell,
+        deadline: Option<Instant>,
+        ready: impl Fn() -> Result<bool>,
+    ) -> Result<bool> {
+        let (notifier, waiters, rung) = self.bell(bell);
+        let _waiting = Counted::new(waiters);
+        loop {
+            rung.store(0, SeqCst);
+            let seen = notifier.observe();
+            if ready()? {
+                return Ok(true);
+            }
+            if !notifier.wait_blocking(seen, &[], deadline)? {
+                return Ok(false);
+            }
         }
     }
 
@@ -481,33 +511,19 @@ impl<T> Queue<T> {
         Ok(self.ring_is_empty())
     }
 
+    /// Whether a consumer has something to do: a message, or the end.
+    fn data_or_end(&self) -> Result<bool> {
+        Ok(!self.ring_is_empty() || self.is_closed() || self.check_broken().is_err())
+    }
+
     /// Waits until the ring holds something or the queue is closed.
     async fn data_or_close(&self) -> Result<()> {
-        self.inner.data.arm()?;
-        let _waiting = Counted::new(self.word(DATA_WAITERS));
-        loop {
-            self.word(DATA_RUNG).store(0, SeqCst);
-            let seen = self.inner.data.observe();
-            if !self.ring_is_empty() || self.is_closed() || self.check_broken().is_err() {
-                return Ok(());
-            }
-            self.inner.data.wait(seen, &[]).await?;
-        }
+        self.wait_until(Bell::Data, || self.data_or_end()).await
     }
 
     /// [`data_or_close`](Self::data_or_close), blocking; `false` at the deadline.
     fn data_or_close_blocking(&self, deadline: Option<Instant>) -> Result<bool> {
-        let _waiting = Counted::new(self.word(DATA_WAITERS));
-        loop {
-            self.word(DATA_RUNG).store(0, SeqCst);
-            let seen = self.inner.data.observe();
-            if !self.ring_is_empty() || self.is_closed() || self.check_broken().is_err() {
-                return Ok(true);
-            }
-            if !self.inner.data.wait_blocking(seen, &[], deadline)? {
-                return Ok(false);
-            }
-        }
+        self.wait_until_blocking(Bell::Data, deadline, || self.data_or_end())
     }
 }
 

@@ -118,14 +118,7 @@ async fn environment_and_working_directory() {
     cmd.args(["-c", "echo \"$ONLY $(pwd) ${HOME:-unset}\""])
         .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut out = String::new();
-    child
-        .take_stdout()
-        .unwrap()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
+    let out = common::read_stdout(&mut child).await;
     child.join().await.unwrap();
     assert_eq!(out, "this /tmp unset\n");
     drop(child);

@@ -4,7 +4,6 @@
 mod common;
 
 use multiprocess::{Error, Process, StartMethod};
-use tokio::io::AsyncReadExt;
 
 const LIMIT: u64 = 512 << 20;
 
@@ -85,14 +84,7 @@ async fn an_external_program_runs_under_the_cap() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = String::new();
-    shell
-        .take_stdout()
-        .unwrap()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
+    let out = common::read_stdout(&mut shell).await;
     shell.join().await.unwrap();
     // `ulimit -v` reports KiB.
     assert_eq!(out.trim(), (LIMIT / 1024).to_string());

@@ -170,3 +170,17 @@ pub async fn await_exit_of(pid: u32, limit: Duration) -> bool {
 pub fn forced_backend() -> Option<String> {
     std::env::var("MULTIPROCESS_REAPER").ok()
 }
+
+/// Reads everything a command wrote to its piped stdout.
+pub async fn read_stdout(process: &mut multiprocess::Process<()>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = String::new();
+    process
+        .take_stdout()
+        .expect("stdout taken once")
+        .expect("stdout piped")
+        .read_to_string(&mut out)
+        .await
+        .expect("stdout readable");
+    out
+}
