@@ -1,5 +1,7 @@
 //! The reaping backend follows `MULTIPROCESS_REAPER`, and both backends await children.
 
+mod common;
+
 use multiprocess::{Reaper, reaper, spawn_process};
 
 #[test]
@@ -13,6 +15,9 @@ fn the_environment_switch_selects_the_backend() {
 
 #[tokio::test]
 async fn children_are_awaited_with_either_backend() {
+    let leaks = common::LeakCheck::start().await;
     let mut child = spawn_process(|x: u8| x, 1).unwrap();
     assert_eq!(child.join().await.unwrap(), 1);
+    drop(child);
+    leaks.finish().await;
 }

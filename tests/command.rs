@@ -127,9 +127,11 @@ async fn environment_and_working_directory() {
 
 #[tokio::test]
 async fn a_missing_program_is_a_spawn_error() {
+    let leaks = common::LeakCheck::start().await;
     let err = Command::new("/nonexistent/program").spawn().unwrap_err();
     assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/program"));
+    leaks.finish().await;
 }
 
 #[tokio::test]

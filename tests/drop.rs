@@ -53,7 +53,7 @@ async fn without_kill_on_drop_the_child_finishes_and_is_reaped() {
 
 #[test]
 fn dropped_outside_a_runtime_is_reaped_by_the_next_spawn() {
-    let _serial = common::SERIAL.blocking_lock();
+    let leaks = common::LeakCheck::start_blocking();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,11 +67,13 @@ fn dropped_outside_a_runtime_is_reaped_by_the_next_spawn() {
     assert!(!common::exists(pid), "orphan {pid} not reaped");
     next.kill().unwrap();
     assert!(runtime.block_on(next.join()).is_err());
+    drop((next, runtime));
+    leaks.finish_blocking();
 }
 
 #[test]
 fn dropped_while_its_runtime_shuts_down_is_reaped_by_the_next_spawn() {
-    let _serial = common::SERIAL.blocking_lock();
+    let leaks = common::LeakCheck::start_blocking();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,4 +107,6 @@ fn dropped_while_its_runtime_shuts_down_is_reaped_by_the_next_spawn() {
     }
     next.kill().unwrap();
     assert!(runtime.block_on(next.join()).is_err());
+    drop((next, runtime));
+    leaks.finish_blocking();
 }

@@ -197,6 +197,7 @@ async fn join_returns_after_every_task_done() {
 
 #[tokio::test]
 async fn timeouts_on_an_empty_or_full_queue() {
+    let leaks = common::LeakCheck::start().await;
     let queue = Queue::<u8>::new(1).unwrap();
     assert!(matches!(
         queue.get_timeout(Duration::from_millis(20)).await,
@@ -208,6 +209,8 @@ async fn timeouts_on_an_empty_or_full_queue() {
         Err(Error::Timeout { .. })
     ));
     assert_eq!(queue.get_timeout(Duration::from_secs(5)).await.unwrap(), 1);
+    drop(queue);
+    leaks.finish().await;
 }
 
 /// Small messages, large ones and ones carrying a descriptor, mixed: the consumer sees
@@ -268,6 +271,7 @@ async fn mixed_messages_keep_their_order() {
 /// Cancelled puts and gets give their places back: nothing is lost or counted twice.
 #[tokio::test]
 async fn cancelled_puts_and_gets_lose_nothing() {
+    let leaks = common::LeakCheck::start().await;
     let queue = Queue::<u32>::new(2).unwrap();
     queue.put(1).await.unwrap();
     queue.put(2).await.unwrap();
@@ -291,6 +295,8 @@ async fn cancelled_puts_and_gets_lose_nothing() {
     queue.put(3).await.unwrap();
     assert_eq!(queue.try_get().unwrap(), Some(3));
     assert_eq!(queue.len(), 0);
+    drop(queue);
+    leaks.finish().await;
 }
 
 fn put_huge(queue: Queue<Vec<u8>>) {

@@ -158,13 +158,15 @@ async fn async_entry_point() {
 
 #[test]
 fn spawn_outside_a_runtime_and_join_inside_one() {
-    let _serial = common::SERIAL.blocking_lock();
+    let leaks = common::LeakCheck::start_blocking();
     let mut child = spawn_process(identity::<u32>, 9).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     assert_eq!(runtime.block_on(child.join()).unwrap(), 9);
+    drop((child, runtime));
+    leaks.finish_blocking();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

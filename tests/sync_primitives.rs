@@ -149,6 +149,7 @@ async fn permits_of_a_killed_holder_come_back() {
 
 #[test]
 fn a_bounded_semaphore_refuses_extra_releases() {
+    let leaks = common::LeakCheck::start_blocking();
     let sem = BoundedSemaphore::new(1).unwrap();
     assert!(matches!(sem.release(), Err(Error::BoundExceeded(_))));
     sem.acquire_blocking().unwrap().forget();
@@ -158,6 +159,8 @@ fn a_bounded_semaphore_refuses_extra_releases() {
     let plain = Semaphore::new(1).unwrap();
     plain.release().unwrap();
     assert_eq!(plain.available(), 2);
+    drop((sem, plain));
+    leaks.finish_blocking();
 }
 
 fn wait_for(args: (Event, Queue<u32>)) -> u32 {

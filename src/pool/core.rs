@@ -82,10 +82,12 @@ pub struct PoolStats {
     pub recycled: u64,
 }
 
-/// Where a job's answer goes.
+/// Where a job's answer goes, and the span that follows the job from queue to answer
+/// (its id, then the pid of the worker that runs it).
 struct Waiter {
     reply: oneshot::Sender<Result<Vec<u8>>>,
     timeout: Option<Duration>,
+    span: tracing::Span,
 }
 
 struct Queued {
@@ -352,7 +354,12 @@ impl Core {
                 "worker initialisation failed: {err}"
             )));
         }
-        let waiter = Waiter { reply, timeout };
+        let span = tracing::debug_span!("task", id = job.id, worker = tracing::field::Empty);
+        let waiter = Waiter {
+            reply,
+            timeout,
+            span,
+        };
         state.queue.push_back(Queued {
             job,
             waiter,
@@ -386,7 +393,8 @@ impl Core {
             if let Some(tx) = &slot.jobs {
                 let _ = tx.send(job.clone());
             }
-            tracing::trace!(job = job.id, worker = slot.pid, "task dispatched");
+            waiter.span.record("worker", slot.pid);
+            tracing::trace!(parent: &waiter.span, "task dispatched");
             slot.dispatched += 1;
             slot.window.push_back(Running { job, waiter });
             if slot.window.len() == 1 {
@@ -447,6 +455,7 @@ impl Core {
             .result
             .map(|bytes| bytes.into_vec())
             .map_err(Error::from);
+        tracing::trace!(parent: &running.waiter.span, ok = result.is_ok(), "task answered");
         let _ = running.waiter.reply.send(result);
         state.stats.completed += 1;
         self.deadlines.notify_one();
@@ -494,6 +503,7 @@ impl Core {
                     Some(KillReason::Timeout(id, after)) if id == head.job.id => {
                         state.stats.timed_out += 1;
                         tracing::warn!(
+                            parent: &head.waiter.span,
                             job = id,
                             worker = slot.pid,
                             ?after,
@@ -506,7 +516,13 @@ impl Core {
                     Some(KillReason::Cancelled(id)) if id == head.job.id => Error::PoolClosed,
                     _ => {
                         state.stats.failed += 1;
-                        tracing::warn!(job = head.job.id, worker = slot.pid, %status, "worker died running a task");
+                        tracing::warn!(
+                            parent: &head.waiter.span,
+                            job = head.job.id,
+                            worker = slot.pid,
+                            %status,
+                            "worker died running a task"
+                        );
                         Error::from_capped_exit(status, self.config.memory_limit).unwrap_or(
                             Error::WorkerDied {
                                 pid: slot.pid,

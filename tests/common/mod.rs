@@ -115,6 +115,16 @@ impl LeakCheck {
         }
     }
 
+    /// [`LeakCheck::start`] for a test that drives runtimes of its own.
+    pub fn start_blocking() -> LeakCheck {
+        side_runtime().block_on(LeakCheck::start())
+    }
+
+    /// [`LeakCheck::finish`] for a test that drives runtimes of its own.
+    pub fn finish_blocking(self) {
+        side_runtime().block_on(self.finish())
+    }
+
     pub async fn finish_ignoring_forkserver(self) {
         self.finish().await
     }
@@ -136,6 +146,14 @@ impl LeakCheck {
         .await;
         assert_eq!(zombies(), 0);
     }
+}
+
+/// A runtime for the leak check itself, apart from the ones a test builds and drops.
+fn side_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn warm_up_child(_: ()) {}
