@@ -13,7 +13,8 @@
 //! - spawn: `std::process::Command` re-executing this very binary, which exits on
 //!   entering `main` (a bare re-exec, the least any exec-based start can cost);
 //! - roundtrip: two processes ping-ponging 64 bytes over a blocking socketpair;
-//! - bulk: one process streaming 1 MiB writes over a blocking socketpair to another.
+//! - bulk: one process streaming 1 MiB writes over a blocking socketpair to another,
+//!   against typed messages (`ByteBuf`) and raw bytes frames (`send_bytes`).
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -102,6 +103,16 @@ fn raw_sink(PassFd(fd): PassFd) {
         }
         if socket.write_all(&[1]).is_err() {
             return;
+        }
+    }
+}
+
+/// Child side of the raw bytes stream: consume into one buffer, answer each empty frame.
+fn raw_bytes_sink(mut conn: Connection<(), ()>) {
+    let mut buf = Vec::new();
+    while let Ok(len) = conn.recv_bytes_into_blocking(&mut buf) {
+        if len == 0 && conn.send_bytes_blocking(&[]).is_err() {
+            break;
         }
     }
 }
@@ -290,9 +301,31 @@ fn bench_bulk(c: &mut Criterion) {
         })
     });
     drop(conn);
+
+    // Raw bytes frames: no serialization, the payload straight from and into the
+    // callers' buffers.
+    let (ours, theirs) = floor_pair();
+    let mut conn = Connection::<(), ()>::from_fd(OwnedFd::from(ours)).unwrap();
+    let child_end = Connection::<(), ()>::from_fd(OwnedFd::from(theirs)).unwrap();
+    let mut raw_child = spawn_process(raw_bytes_sink, child_end).unwrap();
+    group.bench_function("Connection 1 MiB, raw bytes", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    conn.send_bytes(payload).await.unwrap();
+                }
+                conn.send_bytes(&[]).await.unwrap();
+                conn.recv_bytes().await.unwrap();
+                start.elapsed()
+            })
+        })
+    });
+    drop(conn);
     group.finish();
     rt.block_on(async {
         sink_child.join().await.unwrap();
+        raw_child.join().await.unwrap();
         floor_child.join().await.unwrap();
     });
 }

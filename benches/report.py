@@ -22,7 +22,8 @@ ROWS = [
     ("64 B round trip, async calls (taskset -c 0)", "roundtrip", "Connection 64 B", "floor_ blocking socketpair 64 B", "latency", 1.3),
     ("64 B round trip, blocking calls (taskset -c 0)", "roundtrip", "Connection 64 B, blocking calls", "floor_ blocking socketpair 64 B", "latency", 1.3),
     ("  tokio UnixStream, no framing (reference)", "roundtrip", "reference_ tokio UnixStream 64 B", "floor_ blocking socketpair 64 B", "latency", None),
-    ("1 MiB bulk messages", "bulk", "Connection 1 MiB", "floor_ blocking socketpair 1 MiB", "throughput", 0.9),
+    ("1 MiB bulk, typed messages (`ByteBuf`)", "bulk", "Connection 1 MiB", "floor_ blocking socketpair 1 MiB", "throughput", 0.9),
+    ("1 MiB bulk, raw bytes (`send_bytes` / `recv_bytes_into`)", "bulk", "Connection 1 MiB, raw bytes", "floor_ blocking socketpair 1 MiB", "throughput", 0.9),
 ]
 
 

@@ -287,6 +287,36 @@ pub(crate) fn recv_with_fds(
     Ok(bytes)
 }
 
+/// Receives at most `max` bytes into the spare capacity of `out`, which grows by what
+/// arrived. No descriptors are expected: any that came along are discarded by the
+/// kernel.
+pub(crate) fn recv_into_spare(
+    socket: BorrowedFd<'_>,
+    out: &mut Vec<u8>,
+    max: usize,
+    wait: Wait,
+) -> io::Result<usize> {
+    let spare = out.spare_capacity_mut();
+    let len = spare.len().min(max);
+    let into = spare.as_mut_ptr().cast::<libc::c_void>();
+    loop {
+        // SAFETY: the kernel writes at most `len` bytes at `into`, which is spare
+        // capacity of `out`: allocated, owned by `out` and referred to by nothing else.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), into, len, wait.flags().bits()) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel has initialised the first `n` bytes of the spare
+            // capacity, and `n <= len` fits in it.
+            unsafe { out.set_len(out.len() + n) };
+            return Ok(n);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Waits until `fd` is readable (or writable) or `timeout_ms` passes (-1: forever).
 /// Used only by the blocking API, never on a runtime thread.
 pub(crate) fn poll_one(fd: BorrowedFd<'_>, writable: bool, timeout_ms: i32) -> io::Result<bool> {

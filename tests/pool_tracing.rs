@@ -20,7 +20,8 @@ struct Fields(HashMap<String, String>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
     }
 }
 
@@ -149,7 +150,9 @@ async fn tasks_are_traced_with_their_worker_and_failures() {
     let crashes = recorder.events_named("worker died running a task");
     assert_eq!(crashes.len(), 1, "{crashes:?}");
     let (crash, span) = &crashes[0];
-    let span = span.as_ref().expect("the crash is reported inside its task's span");
+    let span = span
+        .as_ref()
+        .expect("the crash is reported inside its task's span");
     assert_eq!(span.name, "task");
     assert_eq!(span.fields.0.get("worker"), crash.fields.0.get("worker"));
 
@@ -161,7 +164,10 @@ async fn tasks_are_traced_with_their_worker_and_failures() {
     ));
     let timeouts = recorder.events_named("task timed out; worker killed");
     assert_eq!(timeouts.len(), 1, "{timeouts:?}");
-    let span = timeouts[0].1.as_ref().expect("reported inside the task's span");
+    let span = timeouts[0]
+        .1
+        .as_ref()
+        .expect("reported inside the task's span");
     assert_eq!(span.fields.0.get("worker"), Some(&second.to_string()));
 
     // The first worker, and one replacement after each failure.

@@ -193,6 +193,110 @@ impl<S, R> Connection<S, R> {
             },
         )
     }
+
+    /// Sends `bytes` as one frame of raw bytes, like Python's `Connection.send_bytes`.
+    /// No serialization is involved, and a large payload goes from `bytes` to the socket
+    /// without being copied first. The peer takes it with
+    /// [`recv_bytes`](Connection::recv_bytes), or as a typed `serde_bytes::ByteBuf`
+    /// (the frame is the same).
+    ///
+    /// If the future is dropped part way, what is unsent is buffered and goes out with
+    /// the next send or flush, so the frame stays whole.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// a.send_bytes(b"raw").await?;
+    /// assert_eq!(b.recv_bytes().await?, b"raw");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write.send_bytes(bytes).await
+    }
+
+    /// [`send_bytes`](Connection::send_bytes), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// a.send_bytes_blocking(&[1, 2, 3])?;
+    /// assert_eq!(b.recv_bytes_blocking()?, [1, 2, 3]);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn send_bytes_blocking(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write.send_bytes_blocking(bytes)
+    }
+
+    /// Receives the next frame as raw bytes, like Python's `Connection.recv_bytes`; the
+    /// frame must hold raw bytes ([`send_bytes`](Connection::send_bytes), or a typed
+    /// `serde_bytes` value), else `Err(Decode)` and the frame is skipped.
+    /// `Err(Disconnected)` once the other end is closed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// a.send_bytes(&[0; 1 << 20]).await?;
+    /// assert_eq!(b.recv_bytes().await?.len(), 1 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read.recv_bytes(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Receives the next frame of raw bytes into `buf` (replacing what it held) and
+    /// returns its length, like Python's `Connection.recv_bytes_into`. Reusing one
+    /// buffer, a large payload goes from the socket into it with no other copy.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// let mut buf = Vec::new();
+    /// a.send_bytes(b"one").await?;
+    /// a.send_bytes(b"two").await?;
+    /// assert_eq!(b.recv_bytes_into(&mut buf).await?, 3);
+    /// assert_eq!(b.recv_bytes_into(&mut buf).await?, 3);
+    /// assert_eq!(buf, b"two");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_bytes_into(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
+        self.read.recv_bytes(buf).await?;
+        Ok(buf.len())
+    }
+
+    /// [`recv_bytes`](Connection::recv_bytes), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// a.send_bytes_blocking(b"x")?;
+    /// assert_eq!(b.recv_bytes_blocking()?, b"x");
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn recv_bytes_blocking(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read.recv_bytes_blocking(&mut out, None)?;
+        Ok(out)
+    }
+
+    /// [`recv_bytes_into`](Connection::recv_bytes_into), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiprocess::pipe::<(), ()>()?;
+    /// let mut buf = Vec::new();
+    /// a.send_bytes_blocking(b"xy")?;
+    /// assert_eq!(b.recv_bytes_into_blocking(&mut buf)?, 2);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn recv_bytes_into_blocking(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
+        self.read.recv_bytes_blocking(buf, None)?;
+        Ok(buf.len())
+    }
 }
 
 impl<S: Serialize, R> Connection<S, R> {
@@ -345,6 +449,35 @@ impl<T> fmt::Debug for Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Sends `bytes` as one frame of raw bytes; see [`Connection::send_bytes`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// tx.send_bytes(b"raw").await?;
+    /// assert_eq!(rx.recv_bytes().await?, b"raw");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write.send_bytes(bytes).await
+    }
+
+    /// [`send_bytes`](Sender::send_bytes), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// tx.send_bytes_blocking(b"raw")?;
+    /// assert_eq!(rx.recv_bytes_blocking()?, b"raw");
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn send_bytes_blocking(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write.send_bytes_blocking(bytes)
+    }
+}
+
 impl<T: Serialize> Sender<T> {
     /// Sends one message; see [`Connection::send`].
     ///
@@ -452,6 +585,71 @@ impl<T> fmt::Debug for Receiver<T> {
         f.debug_struct("Receiver")
             .field("fd", &self.read.socket().fd())
             .finish_non_exhaustive()
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Receives the next frame as raw bytes; see [`Connection::recv_bytes`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// tx.send_bytes(b"abc").await?;
+    /// assert_eq!(rx.recv_bytes().await?, b"abc");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read.recv_bytes(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Receives the next frame of raw bytes into `buf`; see
+    /// [`Connection::recv_bytes_into`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// let mut buf = Vec::with_capacity(1 << 20);
+    /// tx.send_bytes(&[7; 1000]).await?;
+    /// assert_eq!(rx.recv_bytes_into(&mut buf).await?, 1000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_bytes_into(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
+        self.read.recv_bytes(buf).await?;
+        Ok(buf.len())
+    }
+
+    /// [`recv_bytes`](Receiver::recv_bytes), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// tx.send_bytes_blocking(b"abc")?;
+    /// assert_eq!(rx.recv_bytes_blocking()?, b"abc");
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn recv_bytes_blocking(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read.recv_bytes_blocking(&mut out, None)?;
+        Ok(out)
+    }
+
+    /// [`recv_bytes_into`](Receiver::recv_bytes_into), blocking the calling thread.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = multiprocess::channel::<()>()?;
+    /// let mut buf = Vec::new();
+    /// tx.send_bytes_blocking(b"abc")?;
+    /// assert_eq!(rx.recv_bytes_into_blocking(&mut buf)?, 3);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn recv_bytes_into_blocking(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
+        self.read.recv_bytes_blocking(buf, None)?;
+        Ok(buf.len())
     }
 }
 

@@ -21,6 +21,8 @@ use super::wire::{self, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::sys::{self, Wait};
 
+mod bytes;
+
 /// The smallest read we issue, so that many small frames arrive in one syscall.
 const READ_CHUNK: usize = 64 << 10;
 /// Receive buffers larger than this are released once drained.
@@ -88,6 +90,9 @@ pub(crate) struct ReadHalf {
     control: Vec<u8>,
     max_frame_len: usize,
     state: ReadState,
+    // Payload bytes of a large bytes frame still to be read straight into the caller's
+    // buffer (see `bytes.rs`); `Some(0)` once all of it has arrived.
+    direct: Option<usize>,
 }
 
 impl ReadHalf {
@@ -101,6 +106,7 @@ impl ReadHalf {
             control: sys::control_buffer(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
             state: ReadState::Open,
+            direct: None,
         }
     }
 
@@ -164,6 +170,7 @@ impl ReadHalf {
         self.state = ReadState::Broken;
         self.start = 0;
         self.end = 0;
+        self.direct = None;
         self.fds.clear();
         Err(err)
     }
@@ -172,7 +179,7 @@ impl ReadHalf {
     fn at_eof<T>(&mut self) -> Option<Result<T>> {
         match self.state {
             ReadState::Broken => None,
-            _ if self.end > self.start => {
+            _ if self.end > self.start || self.direct.is_some() => {
                 let msg = format!(
                     "peer closed the connection in the middle of a frame ({} bytes pending)",
                     self.end - self.start
@@ -183,20 +190,26 @@ impl ReadHalf {
         }
     }
 
+    /// Bytes still to come of the frame whose header is buffered, if one is.
+    fn missing_of_current_frame(&self) -> Option<usize> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return None;
+        }
+        // The header was validated by `next_buffered`, so the length is bounded.
+        let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap());
+        Some((HEADER_LEN + len as usize).saturating_sub(available))
+    }
+
     /// Makes room for at least the rest of the current frame (or a chunk) after `end`.
     fn reserve_for_next_read(&mut self) {
         let available = self.end - self.start;
-        let frame_total = if available >= HEADER_LEN {
-            // The header was validated by `next_buffered`, so the length is bounded.
-            let len = u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap());
-            HEADER_LEN + len as usize
-        } else {
-            HEADER_LEN
-        };
         // Room for the rest of the frame, but never more than what has arrived so far
         // (at least a chunk): a peer announcing a huge frame and sending nothing more
         // costs us what it sent, not what it announced.
-        let missing = frame_total.saturating_sub(available);
+        let missing = self
+            .missing_of_current_frame()
+            .unwrap_or_else(|| HEADER_LEN - available);
         let want = READ_CHUNK.max(missing.min(available));
         if self.buf.len() - self.end >= want {
             return;
@@ -211,14 +224,30 @@ impl ReadHalf {
         }
     }
 
-    /// One `recvmsg`. Returns the bytes read and the room that was offered (a short read
-    /// means the socket is drained); end of stream is recorded in the state.
-    fn read_once(&mut self, fd: BorrowedFd<'_>, wait: Wait) -> Result<(usize, usize)> {
+    /// One `recvmsg`, into the buffer or, while a large bytes frame is read directly,
+    /// into `direct_into`. Returns the bytes read and the room that was offered; end of
+    /// stream is recorded in the state.
+    fn read_once(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        wait: Wait,
+        direct_into: &mut Vec<u8>,
+    ) -> Result<(usize, usize)> {
+        if let Some(missing) = self.direct {
+            return self.read_direct(fd, wait, direct_into, missing);
+        }
         self.reserve_for_next_read();
-        let offered = self.buf.len() - self.end;
+        let room = self.buf.len() - self.end;
+        // The rest of a large frame is read up to its end and no further, so that the
+        // buffer empties with it instead of moving the next frame's first bytes down.
+        let offered = match self.missing_of_current_frame() {
+            Some(missing) if missing >= READ_CHUNK => room.min(missing),
+            _ => room,
+        };
         let mut fds = Vec::new();
         let space = &mut self.control;
-        let got = match sys::recv_with_fds(fd, &mut self.buf[self.end..], space, &mut fds, wait) {
+        let into = &mut self.buf[self.end..self.end + offered];
+        let got = match sys::recv_with_fds(fd, into, space, &mut fds, wait) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -245,8 +274,18 @@ impl ReadHalf {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<T>>> {
+        self.poll_next_with(cx, &mut Vec::new(), |half, _| half.next_buffered())
+    }
+
+    /// Polls until `take` yields the next item from what has been read.
+    fn poll_next_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+        mut take: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<Result<T>>,
+    ) -> Poll<Option<Result<T>>> {
         loop {
-            if let Some(item) = self.next_buffered() {
+            if let Some(item) = take(self, out) {
                 return Poll::Ready(Some(item));
             }
             if !matches!(self.state, ReadState::Open) {
@@ -261,7 +300,7 @@ impl ReadHalf {
                 Ok(guard) => guard,
                 Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
             };
-            match self.read_once(sock.fd(), Wait::No) {
+            match self.read_once(sock.fd(), Wait::No, out) {
                 // Readiness is kept after a short read: the answer to what we just sent
                 // is often already there, and one receive that finds nothing costs
                 // less than a turn of the reactor.
@@ -278,9 +317,19 @@ impl ReadHalf {
         &mut self,
         timeout: Option<std::time::Duration>,
     ) -> Option<Result<T>> {
+        self.next_blocking_with(timeout, &mut Vec::new(), |half, _| half.next_buffered())
+    }
+
+    /// Blocks until `take` yields the next item from what has been read.
+    fn next_blocking_with<T>(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<u8>,
+        mut take: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<Result<T>>,
+    ) -> Option<Result<T>> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            if let Some(item) = self.next_buffered() {
+            if let Some(item) = take(self, out) {
                 return Some(item);
             }
             if !matches!(self.state, ReadState::Open) {
@@ -297,7 +346,7 @@ impl ReadHalf {
             } else {
                 Wait::Block
             };
-            match self.read_once(sock.fd(), wait) {
+            match self.read_once(sock.fd(), wait, out) {
                 Ok(_) => {}
                 // Someone made the socket non-blocking (it is shared): wait by hand.
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -322,7 +371,7 @@ impl ReadHalf {
                 return self.at_eof();
             }
             let sock = self.sock.clone();
-            match self.read_once(sock.fd(), Wait::No) {
+            match self.read_once(sock.fd(), Wait::No, &mut Vec::new()) {
                 Ok(_) => continue,
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) => return Some(Err(e)),
@@ -362,8 +411,13 @@ pub(crate) struct WriteHalf {
     // (offset of a frame in `buf`, the descriptors it carries), in offset order.
     fd_marks: VecDeque<(usize, Vec<OwnedFd>)>,
     max_frame_len: usize,
-    // Present only while a flush waits for room in the socket buffer.
+    // Registered when a flush first finds the socket full, and kept while flushes keep
+    // finding it full (a stream of large messages); dropped after a flush that never
+    // had to wait, so that an idle or request-reply connection is not woken each time
+    // the peer drains its buffer.
     writable: Option<AsyncFd<OwnedFd>>,
+    // Whether the flush in progress has waited for room.
+    flush_waited: bool,
 }
 
 impl WriteHalf {
@@ -375,6 +429,7 @@ impl WriteHalf {
             fd_marks: VecDeque::new(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
             writable: None,
+            flush_waited: false,
         }
     }
 
@@ -470,11 +525,13 @@ impl WriteHalf {
                 Err(e) => return Poll::Ready(Err(Error::from_io(e))),
             };
             if full {
+                self.flush_waited = true;
                 ready!(self.poll_room(cx))?;
             }
         }
-        // Nothing left to wait for: stop hearing about writability.
-        self.writable = None;
+        if !std::mem::take(&mut self.flush_waited) {
+            self.writable = None;
+        }
         Poll::Ready(Ok(()))
     }
 
