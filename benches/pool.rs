@@ -44,6 +44,33 @@ where
     times[times.len() / 2]
 }
 
+/// Medians of `a` and `b` timed alternately (each going first in turn), so that drift
+/// in the machine's speed weighs on both alike.
+async fn interleaved_medians<A, FutA, B, FutB>(mut a: A, mut b: B) -> (Duration, Duration)
+where
+    A: FnMut() -> FutA,
+    FutA: std::future::Future<Output = ()>,
+    B: FnMut() -> FutB,
+    FutB: std::future::Future<Output = ()>,
+{
+    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    for round in 0..REPEAT {
+        for first in [round % 2 == 0, round % 2 == 1] {
+            let start = Instant::now();
+            if first {
+                a().await;
+                times_a.push(start.elapsed());
+            } else {
+                b().await;
+                times_b.push(start.elapsed());
+            }
+        }
+    }
+    times_a.sort();
+    times_b.sort();
+    (times_a[REPEAT / 2], times_b[REPEAT / 2])
+}
+
 async fn one_by_one(pool: &ProcessPool) {
     let handles: Vec<_> = (0..TASKS).map(|i| pool.submit(square, i)).collect();
     for (i, result) in futures::future::join_all(handles)
@@ -156,10 +183,9 @@ fn main() {
         one_by_one(&pool).await; // warm-up
         let apply = median(|| one_by_one(&pool)).await;
         let map = median(|| mapped(&pool)).await;
-        let two = median(|| cpu_bound(&pool)).await;
-        pool.close().await;
         let single = ProcessPool::builder().workers(1).build().await.unwrap();
-        let one = median(|| cpu_bound(&single)).await;
+        let (one, two) = interleaved_medians(|| cpu_bound(&single), || cpu_bound(&pool)).await;
+        pool.close().await;
         single.close().await;
         (apply, map, one, two)
     });
@@ -173,7 +199,7 @@ fn main() {
 
     let mut table = String::new();
     table.push_str(&format!(
-        "Machine: {}; Python {}; command: `cargo bench --bench pool`; {TASKS} tasks of `x*x` on 2 workers, medians of {REPEAT} runs (Python: 3).\n\n",
+        "Machine: {}; Python {}; command: `cargo bench --bench pool`; {TASKS} tasks of `x*x` on 2 workers, medians of {REPEAT} runs (Python: 3); the CPU-bound runs on 1 and 2 workers alternate.\n\n",
         machine(),
         serde_json_lite::text(&peer, "python")
     ));

@@ -41,6 +41,10 @@ fn stats(mut times: Vec<Duration>) -> Stats {
 }
 
 async fn ours(method: StartMethod, runs: usize) -> Stats {
+    stats(ours_times(method, runs).await)
+}
+
+async fn ours_times(method: StartMethod, runs: usize) -> Vec<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -51,10 +55,22 @@ async fn ours(method: StartMethod, runs: usize) -> Stats {
         assert_eq!(child.join().await.unwrap(), 2);
         times.push(start.elapsed());
     }
-    stats(times)
+    times
 }
 
-fn raw_fork(runs: usize) -> Stats {
+/// The fork server and its floor, in alternating rounds so that both see the machine
+/// in the same state: on these VMs the cost of a fork drifts within a minute.
+fn fork_server_and_floor(rt: &tokio::runtime::Runtime, rounds: usize) -> (Stats, Stats) {
+    rt.block_on(ours_times(StartMethod::Forkserver, 20)); // warm up the fork server
+    let (mut server, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        server.extend(rt.block_on(ours_times(StartMethod::Forkserver, 10)));
+        floor.extend(raw_fork_times(10));
+    }
+    (stats(server), stats(floor))
+}
+
+fn raw_fork_times(runs: usize) -> Vec<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -67,7 +83,7 @@ fn raw_fork(runs: usize) -> Stats {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
         times.push(start.elapsed());
     }
-    stats(times)
+    times
 }
 
 async fn tokio_true(runs: usize) -> Stats {
@@ -159,22 +175,30 @@ async fn idle_worker_memory() -> (u64, u64) {
     )
 }
 
+async fn fib_batch(pool: &ProcessPool, cores: usize) -> Duration {
+    let start = Instant::now();
+    let out: Vec<u64> = pool
+        .map_chunked(fib, vec![31u32; 16 * cores], 1)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 16 * cores);
+    start.elapsed()
+}
+
+/// One worker against all cores, in alternating rounds; medians of each.
 async fn cpu_speedup() -> (usize, Duration, Duration) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let run = |workers: usize| async move {
-        let pool = ProcessPool::new(workers).await.unwrap();
-        let start = Instant::now();
-        let out: Vec<u64> = pool
-            .map_chunked(fib, vec![31u32; 16 * cores], 1)
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(out.len(), 16 * cores);
-        let took = start.elapsed();
-        pool.close().await;
-        took
-    };
-    (cores, run(1).await, run(cores).await)
+    let single = ProcessPool::new(1).await.unwrap();
+    let all = ProcessPool::new(cores).await.unwrap();
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        one.push(fib_batch(&single, cores).await);
+        many.push(fib_batch(&all, cores).await);
+    }
+    single.close().await;
+    all.close().await;
+    (cores, stats(one).median, stats(many).median)
 }
 
 /// The number after `"key"` (and after `"sub"` inside it, if given) in the peer's JSON.
@@ -228,12 +252,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let floor = raw_fork(500);
-    let (server, exec, tokio_p, thousand_server, thousand_exec, memory, (cores, one, all)) = rt
-        .block_on(async {
-            ours(StartMethod::Forkserver, 20).await; // warm up the fork server
+    let (server, floor) = fork_server_and_floor(&rt, 40);
+    let (exec, tokio_p, thousand_server, thousand_exec, memory, (cores, one, all)) =
+        rt.block_on(async {
             (
-                ours(StartMethod::Forkserver, 300).await,
                 ours(StartMethod::Exec, 200).await,
                 tokio_true(200).await,
                 thousand(StartMethod::Forkserver).await,
@@ -322,7 +344,7 @@ fn main() {
         ms(one)
     ));
     let header = format!(
-        "Command: `cargo bench --bench suite`; Python {}; runs: 300 fork server, 200 exec, 500 raw fork, 200 tokio, 100 procspawn, Python 200 fork / 200 forkserver / 20 spawn.\n\n",
+        "Command: `cargo bench --bench suite`; Python {}; runs: 400 fork server and 400 raw fork (alternating rounds of 10), 200 exec, 200 tokio, 100 procspawn, Python 200 fork / 200 forkserver / 20 spawn; CPU-bound: medians of 5 alternating rounds.\n\n",
         json_text(&peer, "python")
     );
     let table = header + &table;

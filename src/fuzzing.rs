@@ -53,6 +53,46 @@ pub fn connection(data: &[u8]) {
     }
 }
 
+/// A connection reading `data` as raw bytes frames, now and then as a typed message, so
+/// that large frames read straight into the caller's buffer meet every other path.
+pub fn connection_bytes(data: &[u8]) {
+    let Ok((writer, reader)) = UnixStream::pair() else {
+        return;
+    };
+    let data = &data[..data.len().min(150_000)];
+    // The socket may hold less than that: write from a thread while the reader reads.
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || {
+        use nix::sys::socket::{MsgFlags, send};
+        use std::os::fd::AsRawFd;
+        // Not `write`: the reader may hang up first, and a fuzzing harness does not
+        // ignore SIGPIPE.
+        let mut rest = &data[..];
+        while let Ok(n @ 1..) = send(writer.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+            rest = &rest[n..];
+        }
+    });
+    let Ok(mut conn) = Connection::<(), Sample>::from_fd(OwnedFd::from(reader)) else {
+        let _ = feeder.join();
+        return;
+    };
+    conn.set_max_frame_len(1 << 20);
+    let mut buf = Vec::new();
+    for round in 0..10_000 {
+        let got = if round % 3 == 2 {
+            conn.recv_blocking().map(drop)
+        } else {
+            conn.recv_bytes_into_blocking(&mut buf).map(drop)
+        };
+        match got {
+            Ok(()) | Err(crate::Error::Decode(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    drop(conn);
+    let _ = feeder.join();
+}
+
 /// Every control message a process decodes from another: a child's start request,
 /// a child's outcome, a pool's job and a worker's answer.
 pub fn control(data: &[u8]) {

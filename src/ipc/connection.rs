@@ -243,9 +243,7 @@ impl<S, R> Connection<S, R> {
     /// # }
     /// ```
     pub async fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read.recv_bytes(&mut out).await?;
-        Ok(out)
+        recv_bytes_on(&mut self.read).await
     }
 
     /// Receives the next frame of raw bytes into `buf` (replacing what it held) and
@@ -266,8 +264,7 @@ impl<S, R> Connection<S, R> {
     /// # }
     /// ```
     pub async fn recv_bytes_into(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
-        self.read.recv_bytes(buf).await?;
-        Ok(buf.len())
+        recv_bytes_into_on(&mut self.read, buf).await
     }
 
     /// [`recv_bytes`](Connection::recv_bytes), blocking the calling thread.
@@ -279,9 +276,7 @@ impl<S, R> Connection<S, R> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_bytes_blocking(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read.recv_bytes_blocking(&mut out, None)?;
-        Ok(out)
+        recv_bytes_blocking_on(&mut self.read)
     }
 
     /// [`recv_bytes_into`](Connection::recv_bytes_into), blocking the calling thread.
@@ -294,8 +289,7 @@ impl<S, R> Connection<S, R> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_bytes_into_blocking(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
-        self.read.recv_bytes_blocking(buf, None)?;
-        Ok(buf.len())
+        recv_bytes_into_blocking_on(&mut self.read, buf)
     }
 }
 
@@ -376,6 +370,28 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
             .recv_blocking(Some(timeout))
             .unwrap_or(Err(Error::Disconnected))
     }
+}
+
+async fn recv_bytes_on(read: &mut ReadHalf) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    read.recv_bytes(&mut out).await?;
+    Ok(out)
+}
+
+async fn recv_bytes_into_on(read: &mut ReadHalf, buf: &mut Vec<u8>) -> Result<usize> {
+    read.recv_bytes(buf).await?;
+    Ok(buf.len())
+}
+
+fn recv_bytes_blocking_on(read: &mut ReadHalf) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    read.recv_bytes_blocking(&mut out, None)?;
+    Ok(out)
+}
+
+fn recv_bytes_into_blocking_on(read: &mut ReadHalf, buf: &mut Vec<u8>) -> Result<usize> {
+    read.recv_bytes_blocking(buf, None)?;
+    Ok(buf.len())
 }
 
 async fn send_on<T: Serialize + ?Sized>(write: &mut WriteHalf, message: &T) -> Result<()> {
@@ -601,9 +617,7 @@ impl<T> Receiver<T> {
     /// # }
     /// ```
     pub async fn recv_bytes(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read.recv_bytes(&mut out).await?;
-        Ok(out)
+        recv_bytes_on(&mut self.read).await
     }
 
     /// Receives the next frame of raw bytes into `buf`; see
@@ -620,8 +634,7 @@ impl<T> Receiver<T> {
     /// # }
     /// ```
     pub async fn recv_bytes_into(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
-        self.read.recv_bytes(buf).await?;
-        Ok(buf.len())
+        recv_bytes_into_on(&mut self.read, buf).await
     }
 
     /// [`recv_bytes`](Receiver::recv_bytes), blocking the calling thread.
@@ -633,9 +646,7 @@ impl<T> Receiver<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_bytes_blocking(&mut self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read.recv_bytes_blocking(&mut out, None)?;
-        Ok(out)
+        recv_bytes_blocking_on(&mut self.read)
     }
 
     /// [`recv_bytes_into`](Receiver::recv_bytes_into), blocking the calling thread.
@@ -648,8 +659,7 @@ impl<T> Receiver<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn recv_bytes_into_blocking(&mut self, buf: &mut Vec<u8>) -> Result<usize> {
-        self.read.recv_bytes_blocking(buf, None)?;
-        Ok(buf.len())
+        recv_bytes_into_blocking_on(&mut self.read, buf)
     }
 }
 

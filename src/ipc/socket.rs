@@ -129,30 +129,44 @@ impl ReadHalf {
     /// Decodes the next frame if it is complete in the buffer. A framing error breaks
     /// the half; a payload that fails to decode only costs that frame.
     fn next_buffered<T: DeserializeOwned>(&mut self) -> Option<Result<T>> {
-        let available = self.end - self.start;
-        if available < HEADER_LEN {
-            return None;
-        }
-        let header = match wire::read_header(&self.buf[self.start..self.end], self.max_frame_len) {
+        let header = match self.buffered_header()? {
             Ok(header) => header,
-            Err(err) => return Some(self.fail(err)),
+            Err(err) => return Some(Err(err)),
         };
-        if available < HEADER_LEN + header.len {
+        if self.end - self.start < HEADER_LEN + header.len {
             return None;
         }
-        if self.fds.len() < header.n_fds {
-            let msg = format!(
-                "frame announces {} descriptors but {} arrived",
-                header.n_fds,
-                self.fds.len()
-            );
-            return Some(self.fail(Error::Protocol(msg)));
-        }
-        let fds = self.fds.drain(..header.n_fds).collect();
+        let fds = match self.take_fds(header.n_fds) {
+            Ok(fds) => fds,
+            Err(err) => return Some(Err(err)),
+        };
         let payload = self.start + HEADER_LEN..self.start + HEADER_LEN + header.len;
         let value = wire::decode_payload(&self.buf[payload.clone()], fds);
         self.consume(payload.end);
         Some(value)
+    }
+
+    /// The header of the next frame, once it has arrived; a bad one breaks the half.
+    fn buffered_header(&mut self) -> Option<Result<wire::Header>> {
+        if self.end - self.start < HEADER_LEN {
+            return None;
+        }
+        match wire::read_header(&self.buf[self.start..self.end], self.max_frame_len) {
+            Ok(header) => Some(Ok(header)),
+            Err(err) => Some(self.fail(err)),
+        }
+    }
+
+    /// The descriptors of a complete frame, which arrived with its first bytes.
+    fn take_fds(&mut self, n_fds: usize) -> Result<Vec<OwnedFd>> {
+        if self.fds.len() < n_fds {
+            let msg = format!(
+                "frame announces {n_fds} descriptors but {} arrived",
+                self.fds.len()
+            );
+            return self.fail(Error::Protocol(msg));
+        }
+        Ok(self.fds.drain(..n_fds).collect())
     }
 
     fn consume(&mut self, upto: usize) {

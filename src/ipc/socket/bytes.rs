@@ -196,26 +196,16 @@ impl ReadHalf {
             Some(_) => return None,
             None => {}
         }
-        let available = self.end - self.start;
-        if available < HEADER_LEN {
-            return None;
-        }
-        let header = match wire::read_header(&self.buf[self.start..self.end], self.max_frame_len) {
+        let header = match self.buffered_header()? {
             Ok(header) => header,
-            Err(err) => return Some(self.fail(err)),
+            Err(err) => return Some(Err(err)),
         };
         let payload_start = self.start + HEADER_LEN;
-        if available >= HEADER_LEN + header.len {
-            if self.fds.len() < header.n_fds {
-                let msg = format!(
-                    "frame announces {} descriptors but {} arrived",
-                    header.n_fds,
-                    self.fds.len()
-                );
-                return Some(self.fail(Error::Protocol(msg)));
-            }
+        if self.end - self.start >= HEADER_LEN + header.len {
             // Descriptors of a frame that is not one of bytes are closed with it.
-            self.fds.drain(..header.n_fds);
+            if let Err(err) = self.take_fds(header.n_fds) {
+                return Some(Err(err));
+            }
             let frame_end = payload_start + header.len;
             let taken = raw_bytes(&self.buf[payload_start..frame_end], header.n_fds).map(|b| {
                 out.clear();
