@@ -44,6 +44,16 @@ fn echo(mut conn: multiprocess::Connection<u64, u64>) {
     }
 }
 
+/// Echoes raw bytes frames, reusing one buffer.
+fn echo_bytes(mut conn: multiprocess::Connection<(), ()>) {
+    let mut buf = Vec::new();
+    while conn.recv_bytes_into_blocking(&mut buf).is_ok() {
+        if conn.send_bytes_blocking(&buf).is_err() {
+            break;
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 struct Counts {
     spawned: u64,
@@ -98,8 +108,8 @@ fn sample() -> Sample {
     }
 }
 
-/// One round of everything: plain children, kills, timeouts, pipes, a queue, a lock
-/// and a pool with misbehaving tasks.
+/// One round of everything: plain children, kills, timeouts, pipes (typed and raw
+/// frames), a queue, a lock and a pool with misbehaving tasks.
 async fn round(counts: &mut Counts, pool: &ProcessPool) -> multiprocess::Result<()> {
     let mut children: Vec<_> = (0..8u64)
         .map(|x| spawn_process(square, x))
@@ -129,7 +139,20 @@ async fn round(counts: &mut Counts, pool: &ProcessPool) -> multiprocess::Result<
     }
     drop(ours);
     echoer.join().await?;
-    counts.spawned += 3;
+
+    // Raw frames on both sides of the size where they skip the connection's buffers.
+    let (mut ours, theirs) = pipe::<(), ()>()?;
+    let mut bytes_echoer = spawn_process(echo_bytes, theirs)?;
+    let mut back = Vec::new();
+    for len in [10, 100 << 10, 300 << 10] {
+        let data = vec![len as u8; len];
+        ours.send_bytes(&data).await?;
+        ours.recv_bytes_into(&mut back).await?;
+        assert!(back == data);
+    }
+    drop(ours);
+    bytes_echoer.join().await?;
+    counts.spawned += 4;
 
     let queue: Queue<u64> = Queue::new(16)?;
     let lock = Lock::new()?;

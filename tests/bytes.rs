@@ -206,6 +206,7 @@ async fn hostile_raw_frames_give_errors() {
     let cut = b.recv_bytes().await;
     writer.join().unwrap();
     assert!(matches!(cut, Err(Error::Protocol(_))), "{cut:?}");
+    drop(b);
     // Beyond the limit, on either side.
     let (x, y) = UnixStream::pair().unwrap();
     let mut a = Connection::<(), ()>::from_fd(OwnedFd::from(x)).unwrap();
