@@ -33,15 +33,7 @@ pub fn frames(data: &[u8]) {
 
 /// A connection reading `data` from a real socket (buffering, framing, decoding).
 pub fn connection(data: &[u8]) {
-    let Ok((mut writer, reader)) = UnixStream::pair() else {
-        return;
-    };
-    let data = &data[..data.len().min(100_000)];
-    if writer.write_all(data).is_err() {
-        return;
-    }
-    drop(writer);
-    let Ok(mut conn) = Connection::<(), Sample>::from_fd(OwnedFd::from(reader)) else {
+    let Some(mut conn) = connection_fed_with(data) else {
         return;
     };
     conn.set_max_frame_len(1 << 20);
@@ -53,27 +45,20 @@ pub fn connection(data: &[u8]) {
     }
 }
 
+/// A connection whose peer wrote (at most the first 100,000 bytes of) `data`, all of
+/// which the socket holds, and hung up.
+fn connection_fed_with(data: &[u8]) -> Option<Connection<(), Sample>> {
+    let (mut writer, reader) = UnixStream::pair().ok()?;
+    let data = &data[..data.len().min(100_000)];
+    writer.write_all(data).ok()?;
+    drop(writer);
+    Connection::from_fd(OwnedFd::from(reader)).ok()
+}
+
 /// A connection reading `data` as raw bytes frames, now and then as a typed message, so
 /// that large frames read straight into the caller's buffer meet every other path.
 pub fn connection_bytes(data: &[u8]) {
-    let Ok((writer, reader)) = UnixStream::pair() else {
-        return;
-    };
-    let data = &data[..data.len().min(150_000)];
-    // The socket may hold less than that: write from a thread while the reader reads.
-    let data = data.to_vec();
-    let feeder = std::thread::spawn(move || {
-        use nix::sys::socket::{MsgFlags, send};
-        use std::os::fd::AsRawFd;
-        // Not `write`: the reader may hang up first, and a fuzzing harness does not
-        // ignore SIGPIPE.
-        let mut rest = &data[..];
-        while let Ok(n @ 1..) = send(writer.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
-            rest = &rest[n..];
-        }
-    });
-    let Ok(mut conn) = Connection::<(), Sample>::from_fd(OwnedFd::from(reader)) else {
-        let _ = feeder.join();
+    let Some(mut conn) = connection_fed_with(data) else {
         return;
     };
     conn.set_max_frame_len(1 << 20);
@@ -89,8 +74,6 @@ pub fn connection_bytes(data: &[u8]) {
             Err(_) => break,
         }
     }
-    drop(conn);
-    let _ = feeder.join();
 }
 
 /// Every control message a process decodes from another: a child's start request,
