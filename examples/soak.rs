@@ -6,12 +6,64 @@
 //! ```
 //!
 //! It fails (exit code 1) if, at the end, the descriptor count differs from the first
-//! sample, a child or zombie remains, or resident memory grew by more than a quarter
-//! over the first sample taken after warm-up.
+//! sample taken after warm-up, a child or zombie remains, the live heap grew by more
+//! than a tenth over that sample, or resident memory grew by more than a tenth over the
+//! second half of the run.
+//!
+//! Resident memory alone cannot tell a leak from the allocator keeping freed pages for
+//! reuse (glibc adds arenas as threads contend, and each keeps what it once held), so
+//! the run also counts the bytes the program holds, through a counting allocator.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use multiprocess::{Error, Lock, ProcessPool, Queue, pipe, spawn_process};
+
+/// The system allocator, counting the bytes currently allocated.
+struct CountingAllocator;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is
+// only bookkeeping and never affects the pointers returned.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed` is passed on as is.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` and `layout` come from this allocator, as `dealloc` requires.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is passed on as is.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn square(x: u64) -> u64 {
     x * x
@@ -66,6 +118,7 @@ struct Counts {
 
 struct Sample {
     rss_kib: u64,
+    heap_kib: i64,
     fds: usize,
     children: usize,
     zombies: usize,
@@ -102,6 +155,7 @@ fn sample() -> Sample {
     }
     Sample {
         rss_kib,
+        heap_kib: LIVE_BYTES.load(Ordering::Relaxed) / 1024,
         fds,
         children,
         zombies,
@@ -212,10 +266,11 @@ async fn main() {
     let first = sample();
     let mut pool = new_pool().await.expect("pool");
     counts.pools += 2;
-    println!("minute  rounds  spawned  pool_tasks  rss_kib  fds  children  zombies");
+    println!("minute  rounds  spawned  pool_tasks  rss_kib  heap_kib  fds  children  zombies");
     let start = Instant::now();
     let mut next_report = Duration::from_secs(60);
     let mut rounds = 0u64;
+    let mut half_way = None;
     while start.elapsed() < duration {
         round(&mut counts, &pool).await.expect("round");
         rounds += 1;
@@ -225,15 +280,19 @@ async fn main() {
             pool = new_pool().await.expect("pool");
             counts.pools += 1;
         }
+        if half_way.is_none() && start.elapsed() >= duration / 2 {
+            half_way = Some(sample());
+        }
         if start.elapsed() >= next_report {
             next_report += Duration::from_secs(60);
             let now = sample();
             println!(
-                "{:>6.1}  {rounds:>6}  {:>7}  {:>10}  {:>7}  {:>3}  {:>8}  {:>7}",
+                "{:>6.1}  {rounds:>6}  {:>7}  {:>10}  {:>7}  {:>8}  {:>3}  {:>8}  {:>7}",
                 start.elapsed().as_secs_f64() / 60.0,
                 counts.spawned,
                 counts.pool_tasks,
                 now.rss_kib,
+                now.heap_kib,
                 now.fds,
                 now.children,
                 now.zombies
@@ -244,22 +303,20 @@ async fn main() {
     drop(pool);
     settle().await;
     let last = sample();
+    let half_way = half_way.unwrap_or_else(sample);
     println!(
         "soak: {:.1} min, {rounds} rounds, {counts:?}",
         start.elapsed().as_secs_f64() / 60.0
     );
-    println!(
-        "first: rss {} KiB, {} fds, {} children | last: rss {} KiB, {} fds, {} children, {} zombies",
-        first.rss_kib,
-        first.fds,
-        first.children,
-        last.rss_kib,
-        last.fds,
-        last.children,
-        last.zombies
-    );
-    let grew = last.rss_kib > first.rss_kib + first.rss_kib / 4;
-    if last.fds != first.fds || last.children != 0 || last.zombies != 0 || grew {
+    for (name, s) in [("first", &first), ("half-way", &half_way), ("last", &last)] {
+        println!(
+            "{name:>8}: rss {} KiB, heap {} KiB, {} fds, {} children, {} zombies",
+            s.rss_kib, s.heap_kib, s.fds, s.children, s.zombies
+        );
+    }
+    let heap_grew = last.heap_kib > first.heap_kib + first.heap_kib / 10;
+    let rss_grew = last.rss_kib > half_way.rss_kib + half_way.rss_kib / 10;
+    if last.fds != first.fds || last.children != 0 || last.zombies != 0 || heap_grew || rss_grew {
         println!("soak FAILED");
         std::process::exit(1);
     }
