@@ -17,6 +17,40 @@ enum Job {
     Exit(i32),
     Loop,
     Panic,
+    /// Writes the start of an answer frame, then exits with this code.
+    TornReply(i32),
+    /// Writes a malformed frame header, then keeps running.
+    Garbage,
+    /// Shuts its connection down, then keeps running.
+    HangUp,
+}
+
+/// The descriptor of this worker's connection to the pool. A worker is a function
+/// child holding two sockets: first the one every function child reports its end on,
+/// then the connection it was given as its argument.
+fn worker_socket() -> i32 {
+    let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(sockets.len(), 2, "worker sockets: {sockets:?}");
+    sockets.into_iter().max().unwrap()
+}
+
+fn write_to_pool(bytes: &[u8]) {
+    // SAFETY: a plain write of a live buffer to a descriptor this process holds.
+    let written = unsafe { libc::write(worker_socket(), bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(written, bytes.len() as isize);
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
 }
 
 fn run(job: Job) -> u64 {
@@ -38,6 +72,22 @@ fn run(job: Job) -> u64 {
             std::hint::spin_loop();
         },
         Job::Panic => panic!("task panicked"),
+        Job::TornReply(code) => {
+            // A header announcing 100 bytes (no descriptors), and 40 of them.
+            let mut frame = 100u32.to_le_bytes().to_vec();
+            frame.extend([0, 0xA7, 0, 0]);
+            frame.extend([1; 40]);
+            write_to_pool(&frame);
+            std::process::exit(code)
+        }
+        Job::Garbage => {
+            write_to_pool(b"not a frame header");
+            park_forever()
+        }
+        Job::HangUp => {
+            nix::sys::socket::shutdown(worker_socket(), nix::sys::socket::Shutdown::Both).unwrap();
+            park_forever()
+        }
     }
 }
 
@@ -124,6 +174,32 @@ async fn a_task_that_exits() {
     one_bad_among_a_thousand(Job::Exit(7), |e| {
         matches!(e, Error::WorkerDied { code: Some(7), .. })
     })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_exits_mid_reply() {
+    one_bad_among_a_thousand(Job::TornReply(5), |e| {
+        matches!(e, Error::WorkerDied { code: Some(5), .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_sends_garbage_and_lives_on_is_killed() {
+    one_bad_among_a_thousand(
+        Job::Garbage,
+        |e| matches!(e, Error::Protocol(why) if why.contains("bad frame header")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_hangs_up_and_lives_on_is_killed() {
+    one_bad_among_a_thousand(
+        Job::HangUp,
+        |e| matches!(e, Error::Protocol(why) if why.contains("broke its connection")),
+    )
     .await;
 }
 

@@ -110,7 +110,14 @@ enum KillReason {
     Terminate,
     /// Never said it was ready within the start-up limit (stopped, stuck, starved).
     Startup,
+    /// Broke its connection (a malformed or torn frame, or hung up on its own) and did
+    /// not exit by itself.
+    BrokenStream,
 }
+
+/// How long a worker whose connection broke may take to exit by itself (its own exit
+/// status says more than our `SIGKILL` would) before it is killed.
+const BROKEN_STREAM_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a worker told to exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -128,6 +135,8 @@ struct WorkerSlot {
     dispatched: u64,
     ready: bool,
     killed: Option<KillReason>,
+    // Why its connection could not be read further, if it broke.
+    broken: Option<String>,
 }
 
 impl WorkerSlot {
@@ -310,6 +319,7 @@ impl Core {
             dispatched: 0,
             ready: false,
             killed: None,
+            broken: None,
         };
         if state.terminated {
             // Terminated while it started: it never gets a job.
@@ -461,6 +471,26 @@ impl Core {
         self.deadlines.notify_one();
     }
 
+    /// Whether the pool has told this worker to exit (end of its job stream).
+    fn hung_up_on(&self, key: u64) -> bool {
+        let state = self.lock();
+        state
+            .workers
+            .iter()
+            .find(|w| w.key == key)
+            .is_none_or(|w| w.jobs.is_none())
+    }
+
+    /// Kills a worker whose connection broke and which did not exit by itself.
+    fn kill_broken(&self, key: u64, why: String) {
+        let mut state = self.lock();
+        if let Some(slot) = state.workers.iter_mut().find(|w| w.key == key) {
+            tracing::warn!(worker = slot.pid, why, "pool worker broke its connection");
+            slot.broken.get_or_insert(why);
+            slot.kill(KillReason::BrokenStream);
+        }
+    }
+
     /// A worker has exited and been reaped: settle its jobs and replace it.
     fn on_exit(self: &Arc<Core>, key: u64, status: ExitStatus) {
         use std::os::unix::process::ExitStatusExt;
@@ -514,6 +544,21 @@ impl Core {
                     Some(KillReason::Terminate) => Error::PoolClosed,
                     // Nobody waits for a cancelled task's answer.
                     Some(KillReason::Cancelled(id)) if id == head.job.id => Error::PoolClosed,
+                    Some(KillReason::BrokenStream) => {
+                        state.stats.failed += 1;
+                        let why = slot.broken.take().unwrap_or_default();
+                        tracing::warn!(
+                            parent: &head.waiter.span,
+                            job = head.job.id,
+                            worker = slot.pid,
+                            why,
+                            "worker broke its connection; killed"
+                        );
+                        Error::Protocol(format!(
+                            "pool worker {} broke its connection ({why}) and was killed",
+                            slot.pid
+                        ))
+                    }
                     _ => {
                         state.stats.failed += 1;
                         tracing::warn!(
@@ -736,8 +781,22 @@ async fn read_worker(
     mut rx: crate::ipc::Receiver<FromWorker>,
     mut process: Process<()>,
 ) {
-    while let Ok(message) = rx.recv().await {
-        core.on_message(key, message);
+    let end = loop {
+        match rx.recv().await {
+            Ok(message) => core.on_message(key, message),
+            Err(end) => break end,
+        }
+    };
+    if !(matches!(end, Error::Disconnected) && core.hung_up_on(key)) {
+        // Nothing more can be read from it. A worker that is dying anyway (a torn
+        // answer, then exit) is given the moment it needs so its own status is reported;
+        // one that lives on would hold its tasks forever.
+        if tokio::time::timeout(BROKEN_STREAM_GRACE, process.wait())
+            .await
+            .is_err()
+        {
+            core.kill_broken(key, end.to_string());
+        }
     }
     let status = match process.wait().await {
         Ok(status) => status,
