@@ -1,5 +1,5 @@
 //! Faults injected into a busy pool: workers SIGKILLed, SIGSTOPped past the task
-//! timeout, or exiting in the middle of a task. Every task still ends exactly once,
+//! timeout, or exiting in the middle of a task or of its answer. Every task still ends exactly once,
 //! with its result or a typed error, and the pool heals.
 
 mod common;
@@ -9,20 +9,25 @@ use std::time::Duration;
 use multiprocess::{Error, ProcessPool, TaskHandle};
 
 /// Squares `x` after a short pause (so faults land mid-task); every 97th task exits
-/// its worker before answering.
+/// its worker before answering, and as many others exit after half an answer.
 fn slow_square(x: u64) -> u64 {
     std::thread::sleep(Duration::from_micros(300));
-    if x % 97 == 96 {
-        std::process::exit(3);
+    match x % 97 {
+        96 => std::process::exit(3),
+        48 => {
+            common::write_to_pool(&common::torn_frame());
+            std::process::exit(4)
+        }
+        _ => x * x,
     }
-    x * x
 }
 
 fn workers_of_pool() -> Vec<u32> {
     common::children()
         .into_iter()
+        // A stopped worker is left alone, so that its task runs past the timeout.
         .filter(|(pid, state)| {
-            *state != 'Z'
+            !matches!(*state, 'Z' | 'T' | 't')
                 && std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| c.starts_with("pool-worker"))
         })
@@ -99,8 +104,8 @@ async fn faults_under_load_leave_every_task_answered_once() {
         (stats.completed, stats.failed, stats.timed_out)
     );
     assert!(
-        died >= 10,
-        "the tasks that exit their worker fail as WorkerDied"
+        died >= 20,
+        "the tasks that exit their worker, before or during their answer, fail as WorkerDied"
     );
     // Back to full strength, and working. A worker stopped while idle is only found out
     // when a task on it times out, and one signalled at the very end may still die

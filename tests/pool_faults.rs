@@ -25,28 +25,6 @@ enum Job {
     HangUp,
 }
 
-/// The descriptor of this worker's connection to the pool. A worker is a function
-/// child holding two sockets: first the one every function child reports its end on,
-/// then the connection it was given as its argument.
-fn worker_socket() -> i32 {
-    let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    assert_eq!(sockets.len(), 2, "worker sockets: {sockets:?}");
-    sockets.into_iter().max().unwrap()
-}
-
-fn write_to_pool(bytes: &[u8]) {
-    // SAFETY: a plain write of a live buffer to a descriptor this process holds.
-    let written = unsafe { libc::write(worker_socket(), bytes.as_ptr().cast(), bytes.len()) };
-    assert_eq!(written, bytes.len() as isize);
-}
-
 fn park_forever() -> ! {
     loop {
         std::thread::park();
@@ -73,19 +51,16 @@ fn run(job: Job) -> u64 {
         },
         Job::Panic => panic!("task panicked"),
         Job::TornReply(code) => {
-            // A header announcing 100 bytes (no descriptors), and 40 of them.
-            let mut frame = 100u32.to_le_bytes().to_vec();
-            frame.extend([0, 0xA7, 0, 0]);
-            frame.extend([1; 40]);
-            write_to_pool(&frame);
+            common::write_to_pool(&common::torn_frame());
             std::process::exit(code)
         }
         Job::Garbage => {
-            write_to_pool(b"not a frame header");
+            common::write_to_pool(b"not a frame header");
             park_forever()
         }
         Job::HangUp => {
-            nix::sys::socket::shutdown(worker_socket(), nix::sys::socket::Shutdown::Both).unwrap();
+            nix::sys::socket::shutdown(common::worker_socket(), nix::sys::socket::Shutdown::Both)
+                .unwrap();
             park_forever()
         }
     }

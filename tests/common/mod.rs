@@ -223,3 +223,33 @@ pub async fn read_stdout(process: &mut multiprocess::Process<()>) -> String {
         .expect("stdout readable");
     out
 }
+
+/// The descriptor of this worker's connection to the pool. A worker is a function
+/// child holding two sockets: first the one every function child reports its end on,
+/// then the connection it was given as its argument.
+pub fn worker_socket() -> i32 {
+    let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(sockets.len(), 2, "worker sockets: {sockets:?}");
+    sockets.into_iter().max().unwrap()
+}
+
+pub fn write_to_pool(bytes: &[u8]) {
+    // SAFETY: a plain write of a live buffer to a descriptor this process holds.
+    let written = unsafe { libc::write(worker_socket(), bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(written, bytes.len() as isize);
+}
+
+/// The start of a frame: a header announcing 100 bytes (no descriptors), and 40 of them.
+pub fn torn_frame() -> Vec<u8> {
+    let mut frame = 100u32.to_le_bytes().to_vec();
+    frame.extend([0, 0xA7, 0, 0]);
+    frame.extend([1; 40]);
+    frame
+}
