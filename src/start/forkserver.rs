@@ -12,6 +12,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,40 +83,51 @@ fn start_zygote() -> Result<Zygote> {
     Ok(Zygote { process, conn })
 }
 
+/// How long the zygote may take to answer. It does nothing but fork, so only a zygote
+/// that is stopped or starved takes this long; the spawn then starts by exec instead of
+/// waiting on it for ever.
+const ANSWER_LIMIT: Duration = Duration::from_secs(5);
+
 fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
     zygote.conn.send_blocking(Request {
         control: PassFd(control.try_clone()?),
     })?;
-    match zygote.conn.recv_blocking()? {
-        Reply::Forked {
+    match zygote.conn.recv_blocking_timeout(ANSWER_LIMIT) {
+        Ok(Reply::Forked {
             pid,
             pidfd: PassFd(pidfd),
-        } => Ok((pid, pidfd)),
-        Reply::Failed(err) => Err(Error::Io(std::io::Error::other(format!(
+        }) => Ok((pid, pidfd)),
+        Ok(Reply::Failed(err)) => Err(Error::Io(std::io::Error::other(format!(
             "fork server: {err}"
         )))),
+        Err(Error::Timeout { after }) => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "fork server {} did not answer within {after:?}",
+                zygote.process.pid()
+            ),
+        ))),
+        Err(err) => Err(err),
     }
 }
 
 /// Has the zygote fork a child that will run whatever is sent on `control`; returns
-/// the child's pid and pidfd. A dead zygote is replaced once.
+/// the child's pid and pidfd. A zygote found dead is replaced first. One that fails
+/// while asked is killed (the next spawn starts another) and the error returned: it
+/// may have forked a child holding `control` already, so `control` must not be given
+/// to a second one. (Such a child, forked by a zygote stopped between its fork and its
+/// answer, reads end of stream and exits; its pid never reached us, so it stays a
+/// zombie until we exit.)
 pub(crate) fn fork_child(control: &OwnedFd) -> Result<(u32, OwnedFd)> {
     let mut slot = ZYGOTE.lock().unwrap_or_else(|p| p.into_inner());
-    let mut last_error = None;
-    for _ in 0..2 {
-        if slot.as_mut().is_none_or(|z| !z.process.is_alive()) {
-            // Dropping a dead zygote's handle reaps it.
-            *slot = Some(start_zygote()?);
-        }
-        let zygote = slot.as_mut().expect("started above");
-        match ask(zygote, control) {
-            Ok(child) => return Ok(child),
-            Err(err) => {
-                tracing::warn!(error = %err, "fork server failed; replacing it");
-                *slot = None;
-                last_error = Some(err);
-            }
-        }
+    if slot.as_mut().is_none_or(|z| !z.process.is_alive()) {
+        // Dropping a dead zygote's handle reaps it.
+        *slot = Some(start_zygote()?);
     }
-    Err(last_error.expect("two attempts failed"))
+    let zygote = slot.as_mut().expect("started above");
+    ask(zygote, control).inspect_err(|err| {
+        tracing::warn!(error = %err, "fork server failed; replacing it");
+        // Killed and reaped with its handle.
+        *slot = None;
+    })
 }

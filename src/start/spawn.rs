@@ -43,10 +43,7 @@ pub(crate) fn spawn_function<A: Serialize>(
             ),
         });
     }
-    let (parent_end, child_end) = sys::stream_socketpair()?;
-    let socket = SocketFd::new(parent_end)?;
-    let mut write = WriteHalf::new(socket.clone());
-    write.encode(&Start {
+    let start = Start {
         identity: identity::current().to_vec(),
         entry: identity::offset_of(entry),
         function: identity::offset_of(function),
@@ -54,15 +51,20 @@ pub(crate) fn spawn_function<A: Serialize>(
         die_with_parent: options.die_with_parent,
         parent_pid: std::process::id(),
         memory_limit: options.memory_limit,
-    })?;
-    write.encode(arg)?;
-
+    };
+    let (mut control, mut write, mut child_end) = control_socket(&start, arg)?;
     let forked = match options.use_forkserver() {
-        true => forkserver::fork_child(&child_end)
-            .inspect_err(
-                |err| tracing::warn!(error = %err, "fork server unavailable; starting by exec"),
-            )
-            .ok(),
+        true => match forkserver::fork_child(&child_end) {
+            Ok(forked) => Some(forked),
+            Err(err) => {
+                tracing::warn!(error = %err, "fork server unavailable; starting by exec");
+                // A server that failed half-way may have forked a child holding the
+                // old socket: it reads end of stream there and exits, and never runs
+                // this call a second time.
+                (control, write, child_end) = control_socket(&start, arg)?;
+                None
+            }
+        },
         false => None,
     };
     let watch = if let Some((pid, pidfd)) = forked {
@@ -84,8 +86,22 @@ pub(crate) fn spawn_function<A: Serialize>(
     flush_in_background(write);
     Ok(Spawned {
         watch,
-        control: ReadHalf::new(socket),
+        control: ReadHalf::new(control),
     })
+}
+
+/// A new control socket for a function child: our end, its writer holding the start
+/// message and the argument, and the child's end.
+fn control_socket<A: Serialize>(
+    start: &Start,
+    arg: &A,
+) -> Result<(std::sync::Arc<SocketFd>, WriteHalf, std::os::fd::OwnedFd)> {
+    let (parent_end, child_end) = sys::stream_socketpair()?;
+    let socket = SocketFd::new(parent_end)?;
+    let mut write = WriteHalf::new(socket.clone());
+    write.encode(start)?;
+    write.encode(arg)?;
+    Ok((socket, write, child_end))
 }
 
 /// Spawns `command`; from the anchor thread when the child must die with us, so that
