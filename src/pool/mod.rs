@@ -377,8 +377,8 @@ fn entry_offsets(entry: usize, function: usize) -> Result<(i64, i64)> {
 /// Whatever a task does to its worker (panic, abort, segfault, an endless loop past its
 /// timeout, `std::process::exit`, garbage written to the worker's connection), that
 /// task gets a typed error and only that task: tasks queued behind it go to other
-/// workers, and a new worker takes the dead one's place. Workers die with the pool (and with the process that owns it); dropping the
-/// pool kills them.
+/// workers, and a new worker takes the dead one's place. Workers die with the pool
+/// (and with the process that owns it); dropping the pool kills them.
 ///
 /// ```
 /// use futures::TryStreamExt;
