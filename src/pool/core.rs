@@ -486,8 +486,10 @@ impl Core {
         let mut state = self.lock();
         if let Some(slot) = state.workers.iter_mut().find(|w| w.key == key) {
             tracing::warn!(worker = slot.pid, why, "pool worker broke its connection");
-            slot.broken.get_or_insert(why);
-            slot.kill(KillReason::BrokenStream);
+            if slot.killed.is_none() {
+                slot.broken = Some(why);
+                slot.kill(KillReason::BrokenStream);
+            }
         }
     }
 
@@ -544,37 +546,30 @@ impl Core {
                     Some(KillReason::Terminate) => Error::PoolClosed,
                     // Nobody waits for a cancelled task's answer.
                     Some(KillReason::Cancelled(id)) if id == head.job.id => Error::PoolClosed,
-                    Some(KillReason::BrokenStream) => {
-                        state.stats.failed += 1;
-                        let why = slot.broken.take().unwrap_or_default();
-                        tracing::warn!(
-                            parent: &head.waiter.span,
-                            job = head.job.id,
-                            worker = slot.pid,
-                            why,
-                            "worker broke its connection; killed"
-                        );
-                        Error::Protocol(format!(
-                            "pool worker {} broke its connection ({why}) and was killed",
-                            slot.pid
-                        ))
-                    }
                     _ => {
                         state.stats.failed += 1;
+                        // Set only when it was killed for breaking its connection.
+                        let broken = slot.broken.take();
                         tracing::warn!(
                             parent: &head.waiter.span,
                             job = head.job.id,
                             worker = slot.pid,
                             %status,
+                            broken,
                             "worker died running a task"
                         );
-                        Error::from_capped_exit(status, self.config.memory_limit).unwrap_or(
-                            Error::WorkerDied {
-                                pid: slot.pid,
-                                signal: status.signal(),
-                                code: status.code(),
-                            },
-                        )
+                        match broken {
+                            Some(why) => Error::Protocol(format!(
+                                "pool worker {} broke its connection ({why}) and was killed",
+                                slot.pid
+                            )),
+                            None => Error::from_capped_exit(status, self.config.memory_limit)
+                                .unwrap_or(Error::WorkerDied {
+                                    pid: slot.pid,
+                                    signal: status.signal(),
+                                    code: status.code(),
+                                }),
+                        }
                     }
                 };
                 let _ = head.waiter.reply.send(Err(error));
