@@ -135,6 +135,15 @@ pub enum Error {
     /// A release or `task_done` past what was acquired or put.
     #[error("{0}")]
     BoundExceeded(String),
+    /// The child ended, but another part of the program reaped it first (a
+    /// `waitpid(-1)` loop, a library reaping by pid, `SIGCHLD` set to `SIG_IGN`), so
+    /// its exit status is lost. A function child's result, if it sent one, is still
+    /// returned by `join`; this error comes when there is none to return.
+    #[error("child {pid} was reaped by another part of the program: its exit status is unknown")]
+    ReapedElsewhere {
+        /// The child's process id.
+        pid: u32,
+    },
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,

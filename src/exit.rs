@@ -12,6 +12,13 @@
 //!
 //! A child whose handle is dropped before it was reaped is not forgotten: a background
 //! task (or, without a runtime, the next spawn) reaps it, so no zombie is left behind.
+//!
+//! Signals always go through a pidfd where the kernel has them, whatever the backend,
+//! so a signal never reaches a process that took over a recycled pid.
+//!
+//! Another part of the program may reap our child first (a `waitpid(-1)` loop, a
+//! library reaping by pid, `SIGCHLD` set to `SIG_IGN`). The child has then ended with a
+//! status nobody can tell us: the watch reports [`Exit::ReapedElsewhere`] and stops.
 
 use std::collections::HashMap;
 use std::io;
@@ -63,8 +70,50 @@ pub fn reaper() -> Reaper {
 /// Watches one child of ours until it has been reaped.
 pub(crate) struct ExitWatch {
     pid: u32,
-    status: Option<ExitStatus>,
+    exit: Option<Exit>,
     kind: Option<Kind>,
+}
+
+/// How a child of ours ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// We reaped it and know its status.
+    Status(ExitStatus),
+    /// Someone else reaped it (`ECHILD`): it has ended, its status is unknown.
+    ReapedElsewhere,
+}
+
+impl Exit {
+    pub(crate) fn status(self) -> Option<ExitStatus> {
+        match self {
+            Exit::Status(status) => Some(status),
+            Exit::ReapedElsewhere => None,
+        }
+    }
+}
+
+/// Turns a wait's `ECHILD` into the end it means: the child is no longer ours to reap.
+fn reaped_elsewhere_on_echild(result: io::Result<Option<ExitStatus>>) -> io::Result<Option<Exit>> {
+    match result {
+        Ok(status) => Ok(status.map(Exit::Status)),
+        Err(err) if err.raw_os_error() == Some(libc::ECHILD) => Ok(Some(Exit::ReapedElsewhere)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Opens a pidfd for a child just spawned, and checks it names our child: a child that
+/// exited and was reaped elsewhere before we got here (`SIGCHLD` ignored) gives `None`,
+/// even if its pid has been taken by another process since.
+fn open_child_pidfd(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let fd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    match sys::waitid_pidfd_peek(fd.as_fd()) {
+        Err(err) if err.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+        _ => Ok(Some(fd)),
+    }
 }
 
 enum Kind {
@@ -107,35 +156,44 @@ impl Pidfd {
 }
 
 impl ExitWatch {
-    /// Starts watching `pid`, which must be an unreaped child of this process.
+    /// Starts watching `pid`, a child this process has just spawned (it may already
+    /// have been reaped by someone else if `SIGCHLD` is ignored).
     pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
-        let kind = match reaper() {
-            Reaper::Pidfd => Kind::Pidfd(Pidfd {
-                raw: Some(sys::pidfd_open(pid)?),
-                registered: None,
-            }),
-            Reaper::Sigchld => Kind::Sigchld(registry().register(pid)),
+        let pidfd = match (reaper(), sys::pidfd_supported()) {
+            (Reaper::Pidfd, _) | (Reaper::Sigchld, true) => match open_child_pidfd(pid)? {
+                Some(fd) => Some(fd),
+                None => return Ok(ExitWatch::reaped_elsewhere(pid)),
+            },
+            (Reaper::Sigchld, false) => None,
         };
-        Ok(ExitWatch {
-            pid,
-            status: None,
-            kind: Some(kind),
-        })
+        Ok(ExitWatch::watching(pid, pidfd))
     }
 
     /// Starts watching a child of ours whose pidfd we already hold.
     pub(crate) fn from_pidfd(pid: u32, pidfd: OwnedFd) -> ExitWatch {
-        let kind = match reaper() {
-            Reaper::Pidfd => Kind::Pidfd(Pidfd {
+        ExitWatch::watching(pid, Some(pidfd))
+    }
+
+    fn watching(pid: u32, pidfd: Option<OwnedFd>) -> ExitWatch {
+        let kind = match (reaper(), pidfd) {
+            (Reaper::Pidfd, Some(pidfd)) => Kind::Pidfd(Pidfd {
                 raw: Some(pidfd),
                 registered: None,
             }),
-            Reaper::Sigchld => Kind::Sigchld(registry().register(pid)),
+            (_, pidfd) => Kind::Sigchld(registry().register(pid, pidfd)),
         };
         ExitWatch {
             pid,
-            status: None,
+            exit: None,
             kind: Some(kind),
+        }
+    }
+
+    fn reaped_elsewhere(pid: u32) -> ExitWatch {
+        ExitWatch {
+            pid,
+            exit: Some(Exit::ReapedElsewhere),
+            kind: None,
         }
     }
 
@@ -143,47 +201,58 @@ impl ExitWatch {
         self.pid
     }
 
-    /// The exit status, if the child has been reaped already.
+    /// The exit status, if the child has been reaped by us already.
     pub(crate) fn status(&self) -> Option<ExitStatus> {
-        self.status
+        self.exit.and_then(Exit::status)
+    }
+
+    /// How the child ended, once it has.
+    pub(crate) fn exit(&self) -> Option<Exit> {
+        self.exit
     }
 
     /// Reaps the child if it has exited, without waiting.
-    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            let status = match self.kind.as_ref() {
-                Some(Kind::Pidfd(pidfd)) => sys::waitid_pidfd(pidfd.fd())?,
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<Exit>> {
+        if self.exit.is_none() {
+            let exit = match self.kind.as_ref() {
+                Some(Kind::Pidfd(pidfd)) => {
+                    reaped_elsewhere_on_echild(sys::waitid_pidfd(pidfd.fd()))?
+                }
                 Some(Kind::Sigchld(slot)) => slot.try_reap(self.pid)?,
                 None => None,
             };
-            if let Some(status) = status {
-                self.reaped(status);
+            if let Some(exit) = exit {
+                self.reaped(exit);
             }
         }
-        Ok(self.status)
+        Ok(self.exit)
     }
 
-    /// Records the status and lets go of the pidfd or registry slot at once: a reaped
+    /// Records the end and lets go of the pidfd or registry slot at once: a reaped
     /// child needs neither, and a process awaiting thousands of children should not
     /// hold a descriptor for each one it has already seen exit.
-    fn reaped(&mut self, status: ExitStatus) {
-        self.status = Some(status);
-        if let Some(Kind::Sigchld(_)) = self.kind.take() {
-            registry().forget(self.pid);
+    fn reaped(&mut self, exit: Exit) {
+        self.exit = Some(exit);
+        self.let_go();
+    }
+
+    fn let_go(&mut self) {
+        if let Some(Kind::Sigchld(slot)) = self.kind.take() {
+            registry().forget(self.pid, &slot);
         }
     }
 
     /// Polls for the child's exit.
-    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<ExitStatus>> {
-        if let Some(status) = self.try_wait()? {
-            return Poll::Ready(Ok(status));
+    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Exit>> {
+        if let Some(exit) = self.try_wait()? {
+            return Poll::Ready(Ok(exit));
         }
-        let status = match self.kind.as_mut().expect("an unreaped child has a watch") {
+        let exit = match self.kind.as_mut().expect("an unreaped child has a watch") {
             Kind::Pidfd(pidfd) => loop {
                 let afd = pidfd.registered()?;
                 let mut guard = ready!(afd.poll_read_ready(cx))?;
-                match sys::waitid_pidfd(afd.get_ref().as_fd())? {
-                    Some(status) => break status,
+                match reaped_elsewhere_on_echild(sys::waitid_pidfd(afd.get_ref().as_fd()))? {
+                    Some(exit) => break exit,
                     None => guard.clear_ready(),
                 }
             },
@@ -191,23 +260,23 @@ impl ExitWatch {
                 slot.waker.register(cx.waker());
                 registry().ensure_driver()?;
                 match slot.try_reap(self.pid)? {
-                    Some(status) => status,
+                    Some(exit) => exit,
                     None => return Poll::Pending,
                 }
             }
         };
-        self.reaped(status);
-        Poll::Ready(Ok(status))
+        self.reaped(exit);
+        Poll::Ready(Ok(exit))
     }
 
     /// Waits for the child's exit.
-    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> io::Result<Exit> {
         futures::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 
     /// Sends `signal` unless the child has been reaped already (then it is a no-op).
     pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
-        if self.status.is_some() {
+        if self.exit.is_some() {
             return Ok(());
         }
         let result = match self.kind.as_ref() {
@@ -259,7 +328,7 @@ impl Drop for ExitWatch {
         let Some(kind) = self.kind.take() else { return };
         let orphan = ExitWatch {
             pid: self.pid,
-            status: None,
+            exit: None,
             kind: Some(kind),
         };
         adopt_orphan(orphan);
@@ -268,8 +337,16 @@ impl Drop for ExitWatch {
 
 /// Takes over a child nobody waits for any more and makes sure it is reaped.
 fn adopt_orphan(mut orphan: ExitWatch) {
-    if let Ok(Some(_)) | Err(_) = orphan.try_wait() {
-        return;
+    match orphan.try_wait() {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(err) => {
+            // Nothing more can be learnt about it; letting go here (rather than leaving
+            // it to the orphan's own drop) is what ends the adoption.
+            tracing::warn!(pid = orphan.pid, error = %err, "cannot reap a dropped child");
+            orphan.let_go();
+            return;
+        }
     }
     if let Some(Kind::Sigchld(slot)) = &orphan.kind {
         // The SIGCHLD driver reaps orphans on its sweeps.
@@ -297,7 +374,11 @@ struct Adopted(Option<ExitWatch>);
 
 impl Drop for Adopted {
     fn drop(&mut self) {
-        if let Some(orphan) = self.0.take().filter(|o| o.kind.is_some()) {
+        if let Some(orphan) = self
+            .0
+            .take()
+            .filter(|o| o.kind.is_some() && o.exit.is_none())
+        {
             park_orphan(orphan);
         }
     }
@@ -325,7 +406,11 @@ pub(crate) fn reap_orphans() {
         for mut watch in list.drain(..) {
             match watch.try_wait() {
                 Ok(None) => kept.push(watch),
-                _ => done.push(watch),
+                Ok(Some(_)) => done.push(watch),
+                Err(_) => {
+                    watch.let_go();
+                    done.push(watch);
+                }
             }
         }
         *list = kept;
@@ -342,28 +427,39 @@ pub(crate) fn reap_orphans() {
 // ---- SIGCHLD backend ----
 
 pub(crate) struct Slot {
-    status: Mutex<Option<ExitStatus>>,
+    exit: Mutex<Option<Exit>>,
     waker: AtomicWaker,
     orphan: AtomicBool,
+    // Where the kernel has pidfds, the child is reaped and signalled through one even
+    // under this backend: a pid reaped by someone else and recycled can then never be
+    // reaped or signalled by mistake. Without, `kill` under the lock below is the best
+    // there is, and is safe unless someone else reaps our children.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Slot {
-    /// Reaping and signalling both hold the status lock, so a pid is never signalled
-    /// after it was reaped (and possibly recycled).
-    fn try_reap(&self, pid: u32) -> io::Result<Option<ExitStatus>> {
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        if status.is_none() {
-            *status = sys::waitpid_nohang(pid)?;
+    /// Reaping and signalling both hold the lock, so a pid is never signalled after we
+    /// reaped it (and it was possibly recycled).
+    fn try_reap(&self, pid: u32) -> io::Result<Option<Exit>> {
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_none() {
+            *exit = reaped_elsewhere_on_echild(match &self.pidfd {
+                Some(fd) => sys::waitid_pidfd(fd.as_fd()),
+                None => sys::waitpid_nohang(pid),
+            })?;
         }
-        Ok(*status)
+        Ok(*exit)
     }
 
     fn signal(&self, pid: u32, signal: i32) -> io::Result<()> {
-        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        if status.is_some() {
+        let exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_some() {
             return Ok(());
         }
-        sys::kill(pid, signal)
+        match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
+            None => sys::kill(pid, signal),
+        }
     }
 }
 
@@ -381,18 +477,24 @@ fn registry() -> &'static Registry {
 }
 
 impl Registry {
-    fn register(&self, pid: u32) -> Arc<Slot> {
+    fn register(&self, pid: u32, pidfd: Option<OwnedFd>) -> Arc<Slot> {
         let slot = Arc::new(Slot {
-            status: Mutex::new(None),
+            exit: Mutex::new(None),
             waker: AtomicWaker::new(),
             orphan: AtomicBool::new(false),
+            pidfd,
         });
         self.lock().insert(pid, slot.clone());
         slot
     }
 
-    fn forget(&self, pid: u32) {
-        self.lock().remove(&pid);
+    /// Forgets `pid` if it still names `slot`: a pid reaped elsewhere may have been
+    /// recycled for a newer child of ours, whose slot must stay.
+    fn forget(&self, pid: u32, slot: &Arc<Slot>) {
+        let mut children = self.lock();
+        if children.get(&pid).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            children.remove(&pid);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Slot>>> {
@@ -414,15 +516,12 @@ impl Registry {
             if exited {
                 slot.waker.wake();
                 if slot.orphan.load(Ordering::Acquire) {
-                    reaped_orphans.push(pid);
+                    reaped_orphans.push((pid, slot));
                 }
             }
         }
-        if !reaped_orphans.is_empty() {
-            let mut children = self.lock();
-            for pid in reaped_orphans {
-                children.remove(&pid);
-            }
+        for (pid, slot) in reaped_orphans {
+            self.forget(pid, &slot);
         }
     }
 

@@ -91,6 +91,31 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatu
     Ok(Some(status_from_siginfo(code, status)))
 }
 
+/// Asks whether the process behind `pidfd` is an exited child of ours without reaping
+/// it (`WNOWAIT`); fails with `ECHILD` if it is not our child (or was reaped already).
+pub(crate) fn waitid_pidfd_peek(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: siginfo_t is plain data, zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: P_PIDFD with a valid pidfd and a pointer to a live siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 fn status_from_siginfo(code: i32, status: i32) -> ExitStatus {
     match code {
         libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
@@ -373,7 +398,8 @@ pub(crate) fn set_thread_name(name: &str) {
 
 /// Whether this kernel offers pidfds that can be awaited (`pidfd_open`, Linux 5.3+).
 pub(crate) fn pidfd_supported() -> bool {
-    pidfd_open(std::process::id()).is_ok()
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| pidfd_open(std::process::id()).is_ok())
 }
 
 /// Ignores `SIGPIPE`, as std does before a Rust `main`: a child of ours starts before

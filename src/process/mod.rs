@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::exit::ExitWatch;
+use crate::exit::{Exit, ExitWatch};
 use crate::ipc::ReadHalf;
 use crate::start::Spawned;
 use crate::start::protocol::Outcome;
@@ -189,6 +189,10 @@ impl<R> Process<R> {
 
     /// The exit status, once the child has exited and been reaped.
     ///
+    /// `None` while it runs, and also for a child that another part of the program
+    /// reaped first (a `waitpid(-1)` loop, `SIGCHLD` set to `SIG_IGN`): its status is
+    /// then lost, although [`join`](Self::join) still returns a function's result.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> multiprocess::Result<()> {
@@ -267,7 +271,7 @@ impl<R> Process<R> {
 impl<R: DeserializeOwned> Process<R> {
     /// Polls for the child's exit, reading its outcome meanwhile so that a child writing
     /// a large result never waits on us.
-    fn poll_exit(&mut self, cx: &mut Context<'_>) -> Poll<Result<ExitStatus>> {
+    fn poll_exit(&mut self, cx: &mut Context<'_>) -> Poll<Result<Exit>> {
         if self.outcome.is_none() {
             if let Some(control) = self.control.as_mut() {
                 match control.poll_recv::<Outcome<R>>(cx) {
@@ -277,27 +281,37 @@ impl<R: DeserializeOwned> Process<R> {
                 }
             }
         }
-        let status = ready!(self.watch.poll_wait(cx))?;
+        let exit = ready!(self.watch.poll_wait(cx))?;
         if self.outcome.is_none() {
-            // Everything the child wrote is in the socket once it has exited.
+            // Everything the child wrote is in the socket once it has exited, whoever
+            // reaped it.
             if let Some(outcome) = self.control.as_mut().and_then(|c| c.recv_now()) {
                 self.outcome = Some(outcome);
             }
         }
         self.control = None;
-        Poll::Ready(Ok(status))
+        Poll::Ready(Ok(exit))
     }
 
-    fn finish(&mut self, status: ExitStatus) -> Result<R> {
+    /// The exit status, or the error saying it is unknown.
+    fn known_status(&self, exit: Exit) -> Result<ExitStatus> {
+        exit.status()
+            .ok_or(Error::ReapedElsewhere { pid: self.pid() })
+    }
+
+    fn finish(&mut self, exit: Exit) -> Result<R> {
         self.joined = true;
-        tracing::debug!(pid = self.pid(), name = %self.name, %status, "child exited");
+        tracing::debug!(pid = self.pid(), name = %self.name, ?exit, "child exited");
         match self.outcome.take() {
             Some(Ok(outcome)) => outcome.into_result(),
             Some(Err(err)) => Err(err),
-            None => match Error::from_capped_exit(status, self.memory_limit) {
-                Some(err) => Err(err),
-                None => (self.without_outcome)(status),
-            },
+            None => {
+                let status = self.known_status(exit)?;
+                match Error::from_capped_exit(status, self.memory_limit) {
+                    Some(err) => Err(err),
+                    None => (self.without_outcome)(status),
+                }
+            }
         }
     }
 
@@ -306,7 +320,8 @@ impl<R: DeserializeOwned> Process<R> {
     /// The error says what went wrong: [`Error::Panicked`] with the child's panic
     /// message, [`Error::Signaled`] if a signal killed it, [`Error::Exited`] if it exited
     /// without a result, [`Error::MemoryLimit`] if it died as an allocation failed under
-    /// its memory limit. Cancel-safe: dropping the future loses nothing, and `join` can be
+    /// its memory limit, [`Error::ReapedElsewhere`] if another part of the program reaped
+    /// it before it sent a result (a function's result is returned even then). Cancel-safe: dropping the future loses nothing, and `join` can be
     /// called again. Once the result has been returned, later calls give
     /// [`Error::AlreadyJoined`].
     ///
@@ -397,8 +412,12 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// A child that another part of the program reaped first gives
+    /// [`Error::ReapedElsewhere`]: it has ended, but its status is lost.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
-        futures::future::poll_fn(|cx| self.poll_exit(cx)).await
+        let exit = futures::future::poll_fn(|cx| self.poll_exit(cx)).await?;
+        self.known_status(exit)
     }
 
     /// Stops the child gracefully: `SIGTERM`, up to `grace` for it to exit, then
@@ -419,8 +438,8 @@ impl<R: DeserializeOwned> Process<R> {
     /// # }
     /// ```
     pub async fn shutdown(&mut self, grace: Duration) -> Result<ExitStatus> {
-        if let Some(status) = self.watch.status() {
-            return Ok(status);
+        if let Some(exit) = self.watch.exit() {
+            return self.known_status(exit);
         }
         self.terminate()?;
         if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
@@ -444,7 +463,7 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if self.kill_on_drop && self.watch.status().is_none() {
+        if self.kill_on_drop && self.watch.exit().is_none() {
             let _ = self.watch.signal(libc::SIGKILL);
         }
         // The watch reaps whatever is left, now or in the background.
