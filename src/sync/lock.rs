@@ -202,7 +202,12 @@ impl Lock {
     /// See [`LockGuard`] for an example.
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         self.poison_check(false)?;
-        Ok(self.try_take().then_some(LockGuard { lock: self }))
+        // Built only on success: a guard's drop releases the lock.
+        Ok(if self.try_take() {
+            Some(LockGuard { lock: self })
+        } else {
+            None
+        })
     }
 
     /// Waits for the lock and takes it. `Err(OwnerDied)` if it is poisoned.

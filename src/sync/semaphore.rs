@@ -248,7 +248,12 @@ impl Semaphore {
         self.inner.meta.acquire_blocking(true, None)?;
         let taken = self.take_locked();
         self.inner.meta.unlock();
-        Ok(taken?.then_some(SemaphorePermit { sem: self }))
+        // Built only on success: a permit's drop gives a permit back.
+        Ok(if taken? {
+            Some(SemaphorePermit { sem: self })
+        } else {
+            None
+        })
     }
 
     /// Waits for a permit and takes it.
