@@ -196,6 +196,80 @@ pub(crate) fn dup2_inheritable(old: RawFd, new: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Between fork and exec: every signal back to its default action and none blocked.
+/// Ignored signals and the signal mask survive `exec`, so without this a program
+/// started under `nohup` or from a thread that blocks signals would hand that on, and
+/// `SIGINT` would do nothing to its children. Async-signal-safe.
+pub(crate) fn reset_signals() {
+    // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask; sigaction
+    // and sigprocmask are async-signal-safe. Numbers the C library reserves (or that do
+    // not exist) fail with EINVAL and are left as they are.
+    unsafe {
+        let default: libc::sigaction = std::mem::zeroed();
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Between fork and exec: marks every descriptor from `first` up close-on-exec, so the
+/// new program receives only what is put in place after this call, and none of the
+/// descriptors the program (or a C library of it) opened without `O_CLOEXEC`.
+/// Async-signal-safe.
+pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range on plain integers, with a flag that closes nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: one descriptor at a time, up to the descriptor limit.
+    // SAFETY: getrlimit fills a live rlimit.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = limit.rlim_cur.min(i32::MAX as libc::rlim_t) as RawFd;
+    for fd in first..end {
+        // SAFETY: fcntl on an integer; a closed descriptor gives EBADF, ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A descriptor for the current working directory (`O_PATH`), to enter the very same
+/// directory from another process with [`enter_directory`], whatever its path is then.
+pub(crate) fn open_current_dir() -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        ".",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(fd)
+}
+
+/// Makes the directory behind `dir` the working directory (`fchdir`).
+pub(crate) fn enter_directory(dir: BorrowedFd<'_>) -> io::Result<()> {
+    nix::unistd::fchdir(dir)?;
+    Ok(())
+}
+
 /// Points descriptor 0 at `/dev/null`, so a function child never reads the parent's stdin.
 pub(crate) fn stdin_from_dev_null() -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;

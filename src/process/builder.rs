@@ -13,8 +13,10 @@ use crate::start::{self, Entry};
 
 /// Configures and starts a child process running one of our functions.
 ///
-/// Made by [`Process::builder`]. Defaults: the parent's environment and working
-/// directory, named `Process-N`, killed when its handle is dropped, not tied to the
+/// Made by [`Process::builder`]. Every child starts with default signal dispositions
+/// and no signal blocked (whatever the parent ignores or masks), and with no descriptor
+/// above stdio except its own control socket. Defaults: the parent's environment and
+/// working directory (the one of the moment of the spawn), named `Process-N`, killed when its handle is dropped, not tied to the
 /// parent's lifetime, in the parent's process group.
 ///
 /// ```

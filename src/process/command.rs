@@ -3,14 +3,13 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
 use super::Process;
 use super::options::Options;
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
-use crate::start::spawn::{spawn_command, watch_or_kill};
+use crate::start::spawn::{ChildSetup, spawn_command, watch_or_kill};
 use crate::{exit, sys};
 
 /// An external program, started with the same handle semantics as a function child:
@@ -233,37 +232,15 @@ impl Command {
         command: &mut std::process::Command,
         inherited: &[(RawFd, OwnedFd)],
     ) {
-        let moves: Vec<(RawFd, RawFd)> = inherited
-            .iter()
-            .map(|(t, fd)| (fd.as_raw_fd(), *t))
-            .collect();
-        let die_with_parent = self.options.die_with_parent;
-        let memory_limit = self.options.memory_limit;
-        if moves.is_empty() && !die_with_parent && memory_limit.is_none() {
-            return;
+        ChildSetup {
+            inherit: inherited
+                .iter()
+                .map(|(target, fd)| (fd.as_raw_fd(), *target))
+                .collect(),
+            memory_limit: self.options.memory_limit,
+            die_with: self.options.die_with_parent.then(std::process::id),
         }
-        let parent = std::process::id();
-        let after_fork = move || -> io::Result<()> {
-            for (source, target) in &moves {
-                sys::dup2_inheritable(*source, *target)?;
-            }
-            if let Some(limit) = memory_limit {
-                sys::set_address_space_limit(limit)?;
-            }
-            if die_with_parent {
-                sys::set_parent_death_signal(libc::SIGKILL)?;
-                if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(io::Error::other("parent exited during spawn"));
-                }
-            }
-            Ok(())
-        };
-        // SAFETY: the closure runs between fork and exec and calls only dup2, fcntl,
-        // setrlimit, prctl and getppid, all async-signal-safe; `moves` was allocated before the fork
-        // and is only read.
-        unsafe {
-            command.pre_exec(after_fork);
-        }
+        .install(command);
     }
 }
 

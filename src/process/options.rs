@@ -18,8 +18,9 @@ pub enum StartMethod {
     Exec,
     /// Fork from a zygote process (itself started by `exec`, so clean and
     /// single-threaded); the child is still the spawning process's own child. Much
-    /// faster. Children see the environment and working directory the zygote started
-    /// with; a builder that changes either (or the process group) uses `Exec`.
+    /// faster. Children see the environment the zygote started with and start in the
+    /// parent's working directory of the moment; a builder that sets the environment,
+    /// the directory or the process group uses `Exec`.
     Forkserver,
 }
 

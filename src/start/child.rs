@@ -125,17 +125,34 @@ fn control_on(fd: std::os::fd::OwnedFd) -> Option<Control> {
 /// The body of a child forked by the fork server: it starts as a copy of the server,
 /// so it first sheds what was the server's (descriptors, panic hook), then runs as any
 /// child does. Never returns.
-pub(crate) fn forked_child(control: std::os::fd::OwnedFd) -> ! {
+pub(crate) fn forked_child(control: std::os::fd::OwnedFd, cwd: std::os::fd::OwnedFd) -> ! {
     drop(std::panic::take_hook());
+    let entered = sys::enter_directory(cwd.as_fd());
+    drop(cwd);
     let code = match sys::keep_only(control).ok().and_then(control_on) {
-        Some(control) => {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_control(control)))
-                .unwrap_or(EXIT_FAILED)
-        }
+        Some(mut control) => match entered {
+            Ok(()) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_control(control)))
+                    .unwrap_or(EXIT_FAILED)
+            }
+            Err(err) => {
+                refuse_before_start(
+                    &mut control,
+                    format!("cannot enter the parent's working directory: {err}"),
+                );
+                EXIT_FAILED
+            }
+        },
         None => EXIT_FAILED,
     };
     flush_stdio();
     std::process::exit(code);
+}
+
+/// Reads the start message (so the parent's writer is not left blocked) and refuses it.
+fn refuse_before_start(control: &mut Control, why: String) {
+    let _ = control.read.recv_blocking::<Start>(None);
+    control.report(&Outcome::<()>::Refused(why));
 }
 
 /// Arms `PR_SET_PDEATHSIG`, then checks the parent did not die before that took effect.

@@ -25,6 +25,9 @@ use crate::sys::{self, Forked};
 #[derive(Serialize, Deserialize)]
 struct Request {
     control: PassFd,
+    /// The spawning process's working directory at the time of the spawn, which the
+    /// child starts in (the zygote's own is the one it started with).
+    cwd: PassFd,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +42,7 @@ fn zygote(conn: Connection<Reply, Request>) {
     loop {
         let Some(Ok(Request {
             control: PassFd(control),
+            cwd: PassFd(cwd),
         })) = conn.as_mut().map(|c| c.recv_blocking())
         else {
             return;
@@ -46,7 +50,7 @@ fn zygote(conn: Connection<Reply, Request>) {
         let reply = match sys::fork_sibling() {
             Ok(Forked::Child) => {
                 drop(conn.take());
-                child::forked_child(control);
+                child::forked_child(control, cwd);
             }
             Ok(Forked::Parent { pid, pidfd }) => Reply::Forked {
                 pid,
@@ -54,7 +58,7 @@ fn zygote(conn: Connection<Reply, Request>) {
             },
             Err(err) => Reply::Failed(err.to_string()),
         };
-        drop(control);
+        drop((control, cwd));
         if conn
             .as_mut()
             .is_none_or(|c| c.send_blocking(reply).is_err())
@@ -91,6 +95,7 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(5);
 fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
     zygote.conn.send_blocking(Request {
         control: PassFd(control.try_clone()?),
+        cwd: PassFd(sys::open_current_dir()?),
     })?;
     match zygote.conn.recv_blocking_timeout(ANSWER_LIMIT) {
         Ok(Reply::Forked {

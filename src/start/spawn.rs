@@ -1,6 +1,7 @@
 //! The parent side of the `exec` start method.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
@@ -75,6 +76,8 @@ pub(crate) fn spawn_function<A: Serialize>(
         command.arg0(name);
         options.apply(&mut command);
         command.env(CHILD_ENV, "1").stdin(Stdio::from(child_end));
+        // The bootstrap applies the memory limit and the parent-death signal itself.
+        ChildSetup::default().install(&mut command);
         let child =
             spawn_command(command, options.die_with_parent).map_err(|source| Error::Spawn {
                 program: name.to_string(),
@@ -102,6 +105,54 @@ fn control_socket<A: Serialize>(
     write.encode(start)?;
     write.encode(arg)?;
     Ok((socket, write, child_end))
+}
+
+/// What a child does between fork and exec, on top of what std does (stdio, working
+/// directory, process group).
+#[derive(Default)]
+pub(crate) struct ChildSetup {
+    /// `(source, target)`: descriptors to put in place for the program, and no others.
+    pub(crate) inherit: Vec<(RawFd, RawFd)>,
+    pub(crate) memory_limit: Option<u64>,
+    /// `SIGKILL` when this process dies; the pid is ours, checked after arming.
+    pub(crate) die_with: Option<u32>,
+}
+
+impl ChildSetup {
+    /// Installs the setup on `command`. Every child starts with default signal
+    /// dispositions and an empty mask, and with no descriptor above stdio but those in
+    /// `inherit`.
+    pub(crate) fn install(self, command: &mut std::process::Command) {
+        let ChildSetup {
+            inherit,
+            memory_limit,
+            die_with,
+        } = self;
+        let after_fork = move || -> io::Result<()> {
+            sys::reset_signals();
+            sys::cloexec_from(3)?;
+            for (source, target) in &inherit {
+                sys::dup2_inheritable(*source, *target)?;
+            }
+            if let Some(limit) = memory_limit {
+                sys::set_address_space_limit(limit)?;
+            }
+            if let Some(parent) = die_with {
+                sys::set_parent_death_signal(libc::SIGKILL)?;
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(io::Error::other("parent exited during spawn"));
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs between fork and exec and calls only sigaction,
+        // sigprocmask, close_range, getrlimit, fcntl, dup2, setrlimit, prctl and
+        // getppid, all async-signal-safe; `inherit` was allocated before the fork and
+        // is only read.
+        unsafe {
+            command.pre_exec(after_fork);
+        }
+    }
 }
 
 /// Spawns `command`; from the anchor thread when the child must die with us, so that
