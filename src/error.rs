@@ -132,6 +132,15 @@ pub enum Error {
     /// The queue (or channel) was closed and has nothing left.
     #[error("closed")]
     Closed,
+    /// A call that never waits (`try_put`) found no room for the message right now:
+    /// the queue is full, or putting it would mean waiting for another producer or for
+    /// the socket. Python's `queue.Full`.
+    #[error("full")]
+    Full,
+    /// A call that never waits (`try_get`) found no message it could take right now.
+    /// Python's `queue.Empty`.
+    #[error("empty")]
+    Empty,
     /// A release or `task_done` past what was acquired or put.
     #[error("{0}")]
     BoundExceeded(String),

@@ -367,6 +367,34 @@ impl<T> Queue<T> {
         }
     }
 
+    /// The kind of the entry at the head, without taking it. The caller holds the
+    /// read lock.
+    fn head_kind(&self) -> Option<u32> {
+        let head = self.position(HEAD).load(SeqCst);
+        if head == self.position(TAIL).load(SeqCst) {
+            return None;
+        }
+        let mut entry = [0u8; ENTRY_LEN];
+        self.ring_read(head, &mut entry);
+        Some(u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]))
+    }
+
+    /// Whether the whole frame of the socket entry at the head has arrived, so that
+    /// reading it takes no waiting. The caller holds the read lock, so the socket's
+    /// unread bytes start with that frame.
+    fn frame_arrived(&self) -> Result<bool> {
+        if self.position(WRITER).load(SeqCst) == 0 {
+            // No producer is between its mark and the end of its frame.
+            return Ok(true);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        if self.inner.reader.peek(&mut header)? < HEADER_LEN {
+            return Ok(false);
+        }
+        let len = wire::read_header(&header, wire::DEFAULT_MAX_FRAME_LEN)?.len;
+        Ok(self.inner.reader.unread_len()? >= HEADER_LEN + len)
+    }
+
     // ---- places ----
 
     /// Takes a place for one message, or says why not.
@@ -680,21 +708,81 @@ impl<T: Serialize> Queue<T> {
         }
     }
 
-    /// Puts a message if there is room now; `Ok(false)` if the queue is full.
+    /// Puts a message if that takes no waiting at all, like Python's `put_nowait`:
+    /// [`Error::Full`] if the queue is full, or if putting it now would mean waiting
+    /// for another producer that is putting a message, for room in the ring, or for
+    /// room in the socket (a large message or one carrying descriptors travels through
+    /// the socket, and is only taken while the socket has room for all of it). The
+    /// message is dropped on `Full`.
     ///
     /// ```
     /// let q = multiprocess::Queue::new(1)?;
-    /// assert!(q.try_put(1u8)?);
-    /// assert!(!q.try_put(2u8)?);
+    /// q.try_put(1u8)?;
+    /// assert!(matches!(q.try_put(2u8), Err(multiprocess::Error::Full)));
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
-    pub fn try_put(&self, message: T) -> Result<bool> {
+    pub fn try_put(&self, message: T) -> Result<()> {
         let encoded = self.encode(&message)?;
         if !self.try_reserve()? {
-            return Ok(false);
+            return Err(Error::Full);
         }
         self.counted_put();
-        self.send_blocking(encoded).map(|()| true)
+        self.send_now(encoded)
+    }
+
+    /// Places a message whose place is reserved if that takes no waiting; gives the
+    /// place back if the message is not placed.
+    fn send_now(&self, (payload, fds): (Vec<u8>, Vec<OwnedFd>)) -> Result<()> {
+        let unplaced = |err: Error| {
+            self.unput();
+            Err(err)
+        };
+        let inline = fds.is_empty() && payload.len() <= self.inline_limit();
+        let mut frame = match inline {
+            true => None,
+            false => match self.socket_frame(&payload, fds) {
+                Ok(frame) => Some(frame),
+                Err(err) => return unplaced(err),
+            },
+        };
+        match self
+            .inner
+            .write_lock
+            .acquire_blocking(true, Some(Instant::now()))
+        {
+            Ok(true) => {}
+            Ok(false) => return unplaced(Error::Full),
+            Err(err) => return unplaced(err),
+        }
+        let _unlock = UnlockOnDrop(&self.inner.write_lock);
+        if let Err(err) = self.check_writer() {
+            return unplaced(err);
+        }
+        if let Some(frame) = &frame {
+            match self.inner.writer.takes_at_once(frame.buffered()) {
+                Ok(true) => {}
+                Ok(false) => return unplaced(Error::Full),
+                Err(err) => return unplaced(Error::Io(err)),
+            }
+        }
+        match self.place(&payload, inline) {
+            Ok(Placed::InRing) => Ok(()),
+            Ok(Placed::NoRoom) => unplaced(Error::Full),
+            Err(err) => unplaced(err),
+            Ok(Placed::OnSocket) => {
+                let frame = frame.as_mut().expect("built for a mark");
+                // The room was measured under the write lock, so the frame goes out in
+                // one call; were the kernel to take less, the frame must still be
+                // finished, as its mark promises it.
+                let flushed = match frame.flush_now() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => frame.flush_blocking(),
+                    Err(err) => Err(err),
+                };
+                self.position(WRITER).store(0, SeqCst);
+                flushed
+            }
+        }
     }
 
     /// [`put`](Self::put) with a time limit on waiting for room.
@@ -806,32 +894,61 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Takes a message if one is already queued; `Ok(None)` if none is.
+    /// Takes a message if that takes no waiting at all, like Python's `get_nowait`:
+    /// [`Error::Empty`] if no message is queued, or if taking it now would mean waiting
+    /// for another consumer, for a producer still placing one, or for the bytes of a
+    /// message that travels through the socket (one is taken only once all of it has
+    /// arrived, so one larger than the socket holds is only ever taken by a waiting
+    /// call). [`Error::Closed`] once the queue is closed and empty.
     ///
     /// ```
     /// let q = multiprocess::Queue::new(2)?;
-    /// assert_eq!(q.try_get()?, None::<u8>);
+    /// assert!(matches!(q.try_get(), Err(multiprocess::Error::Empty)));
     /// q.put_blocking(5u8)?;
-    /// assert_eq!(q.try_get()?, Some(5));
+    /// assert_eq!(q.try_get()?, 5);
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
-    pub fn try_get(&self) -> Result<Option<T>> {
+    pub fn try_get(&self) -> Result<T> {
         self.check_broken()?;
         if self.ring_is_empty() {
-            return match self.is_closed() {
-                true => Err(Error::Closed),
-                false => Ok(None),
-            };
+            return Err(self.empty_now());
         }
         if !self
             .inner
             .read_lock
             .acquire_blocking(false, Some(Instant::now()))?
         {
-            return Ok(None);
+            return Err(Error::Empty);
         }
         let _unlock = UnlockOnDrop(&self.inner.read_lock);
-        self.take_blocking()
+        match self.head_kind() {
+            None => Err(self.empty_now()),
+            Some(ON_SOCKET) if !self.frame_arrived()? => Err(Error::Empty),
+            Some(_) => self.take_blocking()?.ok_or(Error::Empty),
+        }
+    }
+
+    /// What `try_get` says of an empty ring: `Closed` only if that is final, which it
+    /// cannot tell while a producer holds the write lock (it may be placing a message).
+    fn empty_now(&self) -> Error {
+        if !self.is_closed() {
+            return Error::Empty;
+        }
+        match self
+            .inner
+            .write_lock
+            .acquire_blocking(true, Some(Instant::now()))
+        {
+            Ok(true) => {
+                self.inner.write_lock.unlock();
+                match self.ring_is_empty() {
+                    true => Error::Closed,
+                    false => Error::Empty,
+                }
+            }
+            Ok(false) => Error::Empty,
+            Err(err) => err,
+        }
     }
 
     /// [`get`](Self::get) with a time limit on waiting for a message.

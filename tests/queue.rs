@@ -106,7 +106,7 @@ async fn a_full_queue_blocks_put_until_a_get_makes_room() {
     let queue = Queue::<u32>::new(2).unwrap();
     queue.put(1).await.unwrap();
     queue.put(2).await.unwrap();
-    assert!(!queue.try_put(3).unwrap());
+    assert!(matches!(queue.try_put(3), Err(Error::Full)));
     let blocked = {
         let queue = queue.clone();
         tokio::spawn(async move { queue.put(3).await })
@@ -293,7 +293,7 @@ async fn cancelled_puts_and_gets_lose_nothing() {
         ));
     }
     queue.put(3).await.unwrap();
-    assert_eq!(queue.try_get().unwrap(), Some(3));
+    assert_eq!(queue.try_get().unwrap(), 3);
     assert_eq!(queue.len(), 0);
     drop(queue);
     leaks.finish().await;
@@ -338,6 +338,103 @@ async fn a_producer_killed_mid_message_breaks_the_queue_without_hanging() {
         queue.put(vec![1]).await,
         Err(Error::OwnerDied { .. })
     ));
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// Runs `f` on a thread of its own and says whether it returned within `limit`.
+fn returns_within<R: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result.recv_timeout(limit).ok()
+}
+
+/// A producer blocked in the middle of a large message holds the write lock: `try_put`
+/// does not wait for it, and `try_get` does not wait for the rest of its frame.
+#[tokio::test]
+async fn try_put_and_try_get_do_not_wait_for_a_producer_mid_message() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut producer = spawn_process(put_huge, queue.clone()).unwrap();
+    let pid = producer.pid();
+    common::eventually("producer blocked mid-message", || {
+        queue.len() == 1 && state_of(pid) == 'S'
+    })
+    .await;
+    let q = queue.clone();
+    let put = returns_within(Duration::from_secs(5), move || q.try_put(vec![1]));
+    assert!(
+        matches!(put, Some(Err(Error::Full))),
+        "try_put waited for the write lock"
+    );
+    let q = queue.clone();
+    let got = returns_within(Duration::from_secs(5), move || q.try_get().map(|v| v.len()));
+    assert!(
+        matches!(got, Some(Err(Error::Empty))),
+        "try_get took a message whose bytes have not all arrived: {got:?}"
+    );
+    assert_eq!(queue.len(), 1, "the failed try_put gave its place back");
+    // The waiting forms still move the message, whole.
+    let message = queue.get().await.unwrap();
+    assert!(message.len() == 8 << 20 && message.iter().all(|b| *b == 7));
+    producer.join().await.unwrap();
+    queue.try_put(vec![2]).unwrap();
+    assert_eq!(queue.try_get().unwrap(), [2]);
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// Messages too large for the ring travel through the socket: with the socket full and
+/// nobody reading, `try_put` says `Full` at once instead of waiting for a reader.
+#[tokio::test]
+async fn try_put_does_not_wait_for_room_in_the_socket() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(64).unwrap();
+    let big = vec![3u8; 64 << 10];
+    let mut put = 0;
+    let outcome = loop {
+        let q = queue.clone();
+        let message = big.clone();
+        match returns_within(Duration::from_secs(5), move || q.try_put(message)) {
+            Some(Ok(())) => put += 1,
+            other => break other,
+        }
+        assert!(put < 64, "the socket never filled");
+    };
+    assert!(
+        matches!(outcome, Some(Err(Error::Full))),
+        "try_put waited for room in the socket after {put} messages"
+    );
+    assert!(put >= 1);
+    assert_eq!(queue.len(), put);
+    // Once a consumer drains the socket, there is room again.
+    for _ in 0..put {
+        assert_eq!(queue.get().await.unwrap(), big);
+    }
+    queue.try_put(big.clone()).unwrap();
+    assert_eq!(queue.try_get().unwrap(), big);
+    drop(queue);
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn try_get_on_an_empty_open_or_closed_queue() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<u8>::new(2).unwrap();
+    assert!(matches!(queue.try_get(), Err(Error::Empty)));
+    queue.try_put(1).unwrap();
+    queue.try_put(2).unwrap();
+    assert!(matches!(queue.try_put(3), Err(Error::Full)));
+    queue.close();
+    assert!(matches!(queue.try_put(3), Err(Error::Closed)));
+    assert_eq!(queue.try_get().unwrap(), 1);
+    assert_eq!(queue.try_get().unwrap(), 2);
+    assert!(matches!(queue.try_get(), Err(Error::Closed)));
     drop(queue);
     leaks.finish().await;
 }

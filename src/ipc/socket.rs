@@ -69,6 +69,54 @@ impl SocketFd {
     fn registration(&self) -> io::Result<&AsyncFd<super::reactor::Raw>> {
         self.fd.registration()
     }
+
+    /// Bytes that have arrived and are not yet read.
+    pub(crate) fn unread_len(&self) -> io::Result<usize> {
+        self.ioctl_len(libc::FIONREAD)
+    }
+
+    /// Whether a send of `len` payload bytes now takes all of them at once. The kernel
+    /// charges each buffer it queues at its true size (the bytes, plus a header and
+    /// page rounding per piece of at most 32 KiB), and lets a sender queue while the
+    /// total is below `SO_SNDBUF`: counting a generous 8 KiB per piece keeps the answer
+    /// on the safe side.
+    pub(crate) fn takes_at_once(&self, len: usize) -> io::Result<bool> {
+        let limit = nix::sys::socket::getsockopt(&self.fd(), nix::sys::socket::sockopt::SndBuf)
+            .map_err(io::Error::from)?;
+        let queued = self.ioctl_len(libc::TIOCOUTQ)?;
+        let charged = len + (len / (32 << 10) + 1) * (8 << 10);
+        Ok(queued.saturating_add(charged) <= limit)
+    }
+
+    fn ioctl_len(&self, request: libc::Ioctl) -> io::Result<usize> {
+        let mut len: libc::c_int = 0;
+        // SAFETY: FIONREAD and SIOCOUTQ (TIOCOUTQ) on a socket write one int at the
+        // pointer, which points at a live local.
+        let rc = unsafe { libc::ioctl(self.fd().as_raw_fd(), request, &mut len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(len.max(0) as usize)
+    }
+
+    /// Copies the first bytes waiting on the socket into `buf` without taking them;
+    /// returns how many were there. Never waits. Descriptors that came with them stay
+    /// queued too (without a control buffer the kernel installs none).
+    pub(crate) fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, recv};
+        loop {
+            match recv(
+                self.fd().as_raw_fd(),
+                buf,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 enum ReadState {
