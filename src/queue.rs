@@ -20,6 +20,8 @@ use crate::sync::{Counted, Lock, Notifier, token, watch_owner};
 // sides live on different cache lines, so a producer and a consumer running flat out on
 // two CPUs do not take each other's lines for words they do not share.
 const CAPACITY: usize = 0;
+/// `OPEN`, `SHUT` (`close`: consumers drain what is queued) or `SHUT_NOW`
+/// (`shutdown_immediate`: nothing more is taken).
 const CLOSED: usize = 4;
 const RING_LEN: usize = 8;
 /// The pid of a producer that died in the middle of a socket frame: the stream is lost.
@@ -35,6 +37,10 @@ const DATA_RUNG: usize = 324;
 const SPACE_WAITERS: usize = 384;
 const SPACE_RUNG: usize = 388;
 const RING: usize = 448;
+
+const OPEN: u32 = 0;
+const SHUT: u32 = 1;
+const SHUT_NOW: u32 = 2;
 
 /// A ring entry: the payload's length, then where the payload is.
 const ENTRY_LEN: usize = 8;
@@ -197,7 +203,24 @@ impl<T> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn len(&self) -> u32 {
-        self.word(ITEMS).load(SeqCst)
+        match self.is_shut_down_now() {
+            true => 0,
+            false => self.word(ITEMS).load(SeqCst),
+        }
+    }
+
+    /// Whether `capacity` messages are queued, so that `put` would wait, like Python's
+    /// `full()`. Other processes may change that at any moment.
+    ///
+    /// ```
+    /// let q = multiprocess::Queue::new(1)?;
+    /// assert!(!q.is_full());
+    /// q.put_blocking(1u8)?;
+    /// assert!(q.is_full());
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
     }
 
     /// Whether no message is queued.
@@ -234,9 +257,95 @@ impl<T> Queue<T> {
     /// # }
     /// ```
     pub fn close(&self) {
-        if self.word(CLOSED).swap(1, SeqCst) == 0 {
+        if self
+            .word(CLOSED)
+            .compare_exchange(OPEN, SHUT, SeqCst, SeqCst)
+            .is_ok()
+        {
             self.inner.data.notify();
             self.inner.space.notify();
+        }
+    }
+
+    /// Python 3.13's `shutdown()`, which is [`close`](Queue::close): `put` fails with
+    /// [`Error::Closed`], and consumers take what is queued, then get `Error::Closed`.
+    ///
+    /// ```
+    /// let q = multiprocess::Queue::new(2)?;
+    /// q.put_blocking(1u8)?;
+    /// q.shutdown();
+    /// assert!(matches!(q.put_blocking(2), Err(multiprocess::Error::Closed)));
+    /// assert_eq!(q.get_blocking()?, 1);
+    /// assert!(matches!(q.get_blocking(), Err(multiprocess::Error::Closed)));
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn shutdown(&self) {
+        self.close();
+    }
+
+    /// Python 3.13's `shutdown(immediate=True)`, for every handle in every process:
+    /// queued messages are dropped, a [`JoinableQueue`]'s unfinished count goes to
+    /// zero, and every `put` and `get`, waiting or later, fails with [`Error::Closed`];
+    /// waiting `join`s return. A consumer already reading a message finishes it.
+    ///
+    /// ```
+    /// let q = multiprocess::Queue::new(2)?;
+    /// q.put_blocking(1u8)?;
+    /// q.shutdown_immediate();
+    /// assert_eq!(q.len(), 0);
+    /// assert!(matches!(q.get_blocking(), Err(multiprocess::Error::Closed)));
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn shutdown_immediate(&self) {
+        if self.word(CLOSED).swap(SHUT_NOW, SeqCst) == SHUT_NOW {
+            return;
+        }
+        self.word(UNFINISHED).store(0, SeqCst);
+        self.inner.data.notify();
+        self.inner.space.notify();
+        self.inner.done.notify();
+        self.drop_queued();
+    }
+
+    /// Whether [`shutdown_immediate`](Queue::shutdown_immediate) was called.
+    fn is_shut_down_now(&self) -> bool {
+        self.word(CLOSED).load(SeqCst) == SHUT_NOW
+    }
+
+    /// `Err(Closed)` once the queue was shut down immediately: nothing more is taken.
+    fn check_shut_down_now(&self) -> Result<()> {
+        match self.is_shut_down_now() {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
+    }
+
+    /// Drops what is queued, as far as that takes no waiting, so that descriptors
+    /// travelling in messages are closed now rather than with the queue's last handle.
+    fn drop_queued(&self) {
+        match self
+            .inner
+            .read_lock
+            .acquire_blocking(true, Some(Instant::now()))
+        {
+            Ok(true) => {}
+            _ => return,
+        }
+        let _unlock = UnlockOnDrop(&self.inner.read_lock);
+        loop {
+            match self.head_kind() {
+                Some(INLINE) => drop(self.take()),
+                Some(_) if matches!(self.frame_arrived(), Ok(true)) => {
+                    self.take();
+                    let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
+                    let frame = read.run_blocking();
+                    read.done = true;
+                    if frame.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
         }
     }
 
@@ -504,7 +613,10 @@ impl<T> Queue<T> {
 
     /// A failed put gives its place back.
     fn unput(&self) {
-        self.word(UNFINISHED).fetch_sub(1, SeqCst);
+        // Saturating: `shutdown_immediate` may have zeroed the count meanwhile.
+        let _ = self
+            .word(UNFINISHED)
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
         self.word(ITEMS).fetch_sub(1, SeqCst);
         self.inner.space.notify();
     }
@@ -839,8 +951,10 @@ impl<T: DeserializeOwned> Queue<T> {
     pub async fn get(&self) -> Result<T> {
         loop {
             self.check_broken()?;
+            self.check_shut_down_now()?;
             self.inner.read_lock.acquire(false).await?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
+            self.check_shut_down_now()?;
             match self.take() {
                 Taken::Inline(payload) => {
                     drop(unlock);
@@ -910,6 +1024,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// ```
     pub fn try_get(&self) -> Result<T> {
         self.check_broken()?;
+        self.check_shut_down_now()?;
         if self.ring_is_empty() {
             return Err(self.empty_now());
         }
@@ -921,6 +1036,7 @@ impl<T: DeserializeOwned> Queue<T> {
             return Err(Error::Empty);
         }
         let _unlock = UnlockOnDrop(&self.inner.read_lock);
+        self.check_shut_down_now()?;
         match self.head_kind() {
             None => Err(self.empty_now()),
             Some(ON_SOCKET) if !self.frame_arrived()? => Err(Error::Empty),
@@ -981,8 +1097,10 @@ impl<T: DeserializeOwned> Queue<T> {
     pub fn get_blocking(&self) -> Result<T> {
         loop {
             self.check_broken()?;
+            self.check_shut_down_now()?;
             self.inner.read_lock.acquire_blocking(false, None)?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
+            self.check_shut_down_now()?;
             if let Some(message) = self.take_blocking()? {
                 return Ok(message);
             }
@@ -1357,13 +1475,19 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Marks one message as processed. More calls than messages put is
-    /// [`Error::BoundExceeded`].
+    /// [`Error::BoundExceeded`], except after
+    /// [`shutdown_immediate`](Queue::shutdown_immediate), which zeroes the count while
+    /// messages taken before it may still be in hand.
     ///
     /// See [`JoinableQueue`] for an example.
     pub fn task_done(&self) -> Result<()> {
         let unfinished = self.queue.word(UNFINISHED);
         let mut now = unfinished.load(SeqCst);
         loop {
+            if now == 0 && self.queue.is_shut_down_now() {
+                // Messages taken before the count was zeroed may still be marked done.
+                return Ok(());
+            }
             if now == 0 {
                 return Err(Error::BoundExceeded(
                     "task_done called more times than put".into(),
@@ -1387,7 +1511,7 @@ impl<T> JoinableQueue<T> {
         self.queue.inner.done.arm()?;
         loop {
             let seen = self.queue.inner.done.observe();
-            if self.unfinished() == 0 {
+            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
                 return Ok(());
             }
             self.queue.inner.done.wait(seen, &[]).await?;
@@ -1404,7 +1528,7 @@ impl<T> JoinableQueue<T> {
     pub fn join_blocking(&self) -> Result<()> {
         loop {
             let seen = self.queue.inner.done.observe();
-            if self.unfinished() == 0 {
+            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
                 return Ok(());
             }
             self.queue.inner.done.wait_blocking(seen, &[], None)?;

@@ -438,3 +438,147 @@ async fn try_get_on_an_empty_open_or_closed_queue() {
     drop(queue);
     leaks.finish().await;
 }
+
+#[tokio::test]
+async fn is_full_follows_the_count() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<u8>::new(2).unwrap();
+    assert!(!queue.is_full());
+    queue.put(1).await.unwrap();
+    assert!(!queue.is_full());
+    queue.put(2).await.unwrap();
+    assert!(queue.is_full());
+    fn take_one(q: Queue<u8>) -> u8 {
+        q.get_blocking().unwrap()
+    }
+    assert_eq!(
+        spawn_process(take_one, queue.clone())
+            .unwrap()
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!queue.is_full());
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// Waits until `pid` sleeps (in a wait of the queue's).
+async fn sleeping(pid: u32) {
+    common::eventually("child waiting", || state_of(pid) == 'S').await;
+}
+
+fn get_one_blocking(queue: Queue<u32>) -> String {
+    format!("{:?}", queue.get_blocking())
+}
+
+fn put_one_blocking(queue: Queue<u32>) -> String {
+    format!("{:?}", queue.put_blocking(7))
+}
+
+/// `shutdown` (Python 3.13, not immediate): a producer waiting for room and a consumer
+/// waiting for a message are released with `Closed`; consumers still take what is
+/// queued, then get `Closed`.
+#[tokio::test]
+async fn shutdown_refuses_puts_and_lets_consumers_drain() {
+    let leaks = common::LeakCheck::start().await;
+    let empty = Queue::<u32>::new(2).unwrap();
+    let full = Queue::<u32>::new(2).unwrap();
+    full.put(1).await.unwrap();
+    full.put(2).await.unwrap();
+    let mut getter = spawn_process(get_one_blocking, empty.clone()).unwrap();
+    let mut putter = spawn_process(put_one_blocking, full.clone()).unwrap();
+    sleeping(getter.pid()).await;
+    sleeping(putter.pid()).await;
+    empty.shutdown();
+    assert_eq!(getter.join().await.unwrap(), "Err(Closed)");
+    full.shutdown();
+    assert_eq!(putter.join().await.unwrap(), "Err(Closed)");
+    assert!(matches!(full.put(3).await, Err(Error::Closed)));
+    let drained = spawn_process(wait_for_items, full.clone()).unwrap();
+    assert_eq!(drained.await.unwrap(), [1, 2]);
+    assert!(matches!(full.get().await, Err(Error::Closed)));
+    drop((empty, full, getter, putter));
+    leaks.finish().await;
+}
+
+/// `shutdown_immediate` releases a process waiting in `get` and one waiting in `put`
+/// with `Closed`, drops what was queued, and later calls fail at once.
+#[tokio::test]
+async fn shutdown_immediate_releases_waiters_and_drops_messages() {
+    let leaks = common::LeakCheck::start().await;
+    let empty = Queue::<u32>::new(2).unwrap();
+    let full = Queue::<u32>::new(2).unwrap();
+    full.put(1).await.unwrap();
+    full.put(2).await.unwrap();
+    let mut getter = spawn_process(get_one_blocking, empty.clone()).unwrap();
+    let mut putter = spawn_process(put_one_blocking, full.clone()).unwrap();
+    sleeping(getter.pid()).await;
+    sleeping(putter.pid()).await;
+    empty.shutdown_immediate();
+    assert_eq!(getter.join().await.unwrap(), "Err(Closed)");
+    full.shutdown_immediate();
+    assert_eq!(putter.join().await.unwrap(), "Err(Closed)");
+    assert_eq!(full.len(), 0, "queued messages are dropped");
+    assert!(!full.is_full());
+    assert!(matches!(full.get().await, Err(Error::Closed)));
+    assert!(matches!(full.try_get(), Err(Error::Closed)));
+    assert!(matches!(full.put(3).await, Err(Error::Closed)));
+    assert!(matches!(full.try_put(3), Err(Error::Closed)));
+    assert!(matches!(
+        full.get_timeout(Duration::from_secs(5)).await,
+        Err(Error::Closed)
+    ));
+    drop((empty, full, getter, putter));
+    leaks.finish().await;
+}
+
+/// Messages carrying descriptors are dropped too, and their descriptors closed.
+#[tokio::test]
+async fn shutdown_immediate_closes_descriptors_in_queued_messages() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<multiprocess::Receiver<u8>>::new(4).unwrap();
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = multiprocess::channel::<u8>().unwrap();
+        queue.put(rx).await.unwrap();
+        senders.push(tx);
+    }
+    queue.shutdown_immediate();
+    // The receivers in the queue are gone: each sender finds its peer closed.
+    for mut tx in senders {
+        assert!(matches!(tx.send(1).await, Err(Error::Disconnected)));
+    }
+    drop(queue);
+    leaks.finish().await;
+}
+
+fn join_in_child(queue: JoinableQueue<u32>) -> u32 {
+    queue.join_blocking().unwrap();
+    queue.unfinished()
+}
+
+/// A `join` waiting in another process returns once the queue is shut down
+/// immediately, the count is zero, and a worker marking a message it took before is
+/// not refused.
+#[tokio::test]
+async fn shutdown_immediate_ends_join_in_another_process() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = JoinableQueue::<u32>::new(8).unwrap();
+    for i in 0..5 {
+        queue.put(i).await.unwrap();
+    }
+    let in_hand = queue.get().await.unwrap();
+    assert_eq!(in_hand, 0);
+    let mut joiner = spawn_process(join_in_child, queue.clone()).unwrap();
+    sleeping(joiner.pid()).await;
+    assert!(joiner.is_alive());
+    queue.shutdown_immediate();
+    assert_eq!(joiner.join().await.unwrap(), 0);
+    assert_eq!(queue.unfinished(), 0);
+    queue.task_done().unwrap();
+    queue.join().await.unwrap();
+    assert!(matches!(queue.get().await, Err(Error::Closed)));
+    drop((queue, joiner));
+    leaks.finish().await;
+}
