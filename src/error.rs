@@ -153,6 +153,12 @@ pub enum Error {
         /// The child's process id.
         pid: u32,
     },
+    /// A [`Barrier`](crate::Barrier) is broken: a wait timed out or was cancelled while
+    /// counted, the barrier's action panicked, a waiting party died, or it was aborted or
+    /// reset while this party waited. Every wait gives this error until
+    /// [`Barrier::reset`](crate::Barrier::reset), as Python's `BrokenBarrierError`.
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,

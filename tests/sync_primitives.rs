@@ -1,4 +1,4 @@
-//! Lock, semaphores, Event, Barrier, shared memory across real processes, including
+//! Lock, semaphores, Event, shared memory across real processes, including
 //! what happens when a holder is killed.
 
 mod common;
@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use multiprocess::{
-    Array, Barrier, BoundedSemaphore, Error, Event, Lock, Queue, Semaphore, Sender, SharedMemory,
-    Value, spawn_process,
+    Array, BoundedSemaphore, Error, Event, Lock, Queue, Semaphore, Sender, SharedMemory, Value,
+    spawn_process,
 };
 
 fn increment(args: (Lock, Value<u64>, u32)) {
@@ -193,40 +193,6 @@ async fn an_event_wakes_every_waiter() {
         assert_eq!(child.await.unwrap(), pid);
     }
     drop((event, started));
-    leaks.finish().await;
-}
-
-fn rounds(args: (Barrier, Array<u32>, usize)) -> u32 {
-    let (barrier, arrivals, me) = args;
-    let mut led = 0;
-    for round in 0..20u32 {
-        arrivals.atomic(me).store(round + 1, Ordering::SeqCst);
-        if barrier.wait_blocking().unwrap() {
-            led += 1;
-        }
-        // Past the barrier, everyone has arrived at this round.
-        for i in 0..arrivals.len() {
-            assert!(arrivals.atomic(i).load(Ordering::SeqCst) > round);
-        }
-        barrier.wait_blocking().unwrap();
-    }
-    led
-}
-
-#[tokio::test]
-async fn a_barrier_releases_all_parties_together() {
-    let leaks = common::LeakCheck::start().await;
-    let barrier = Barrier::new(4).unwrap();
-    let arrivals = Array::<u32>::zeroed(4).unwrap();
-    let children: Vec<_> = (0..4)
-        .map(|i| spawn_process(rounds, (barrier.clone(), arrivals.clone(), i)).unwrap())
-        .collect();
-    let mut leaders = 0;
-    for child in children {
-        leaders += child.await.unwrap();
-    }
-    assert_eq!(leaders, 20, "one leader per round");
-    drop((barrier, arrivals));
     leaks.finish().await;
 }
 
