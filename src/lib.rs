@@ -6,6 +6,22 @@
 //! shut down gracefully; [`pipe`] and [`channel`] carry typed messages between
 //! processes, and can themselves be handed to a child inside its argument.
 //!
+//! # Use it
+//!
+//! In your crate's `Cargo.toml` (the crate is not on crates.io yet: depend on a clone
+//! by path, or by `git`):
+//!
+//! ```toml
+//! [dependencies]
+//! multiprocess = { path = "../multiprocess" }
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! futures = "0.3" # TryStreamExt: collect a pool's map
+//! serde = { version = "1", features = ["derive"] } # arguments and results of your own types
+//! ```
+//!
+//! A function of your program, run in a child process and awaited; then a child that
+//! talks over a pipe it received in its argument:
+//!
 //! ```
 //! use std::time::Duration;
 //! use multiprocess::{Connection, spawn_process};
@@ -20,21 +36,63 @@
 //!     }
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> multiprocess::Result<()> {
-//! // A CPU-bound function in another process, awaited without blocking the runtime.
-//! let mut child = spawn_process(fib, 25)?;
-//! assert_eq!(child.join_timeout(Duration::from_secs(10)).await?, 75025);
+//! #[tokio::main]
+//! async fn main() -> multiprocess::Result<()> {
+//!     // A CPU-bound function in another process, awaited without blocking the runtime.
+//!     let mut child = spawn_process(fib, 25)?;
+//!     assert_eq!(child.join_timeout(Duration::from_secs(10)).await?, 75025);
 //!
-//! // A child that talks over a pipe it received in its argument.
-//! let (mut here, there) = multiprocess::pipe::<String, String>()?;
-//! let mut echoer = spawn_process(echo, there)?;
-//! here.send("hello".into()).await?;
-//! assert_eq!(here.recv().await?, "HELLO");
-//! drop(here);
-//! echoer.join().await?;
-//! # Ok(())
-//! # }
+//!     // The pipe's other end travels inside the child's argument.
+//!     let (mut here, there) = multiprocess::pipe::<String, String>()?;
+//!     let mut echoer = spawn_process(echo, there)?;
+//!     here.send("hello".into()).await?;
+//!     assert_eq!(here.recv().await?, "HELLO");
+//!     drop(here);
+//!     echoer.join().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A pool of worker processes, like Python's `Pool.map`, over arguments and results of
+//! your own types; a task that panics fails alone, with a typed error:
+//!
+//! ```
+//! use futures::TryStreamExt;
+//! use multiprocess::{Error, ProcessPool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Page {
+//!     title: String,
+//!     text: String,
+//! }
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Counts {
+//!     title: String,
+//!     words: usize,
+//! }
+//!
+//! fn count_words(page: Page) -> Counts {
+//!     assert!(!page.text.is_empty(), "empty page {}", page.title);
+//!     Counts { title: page.title, words: page.text.split_whitespace().count() }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> multiprocess::Result<()> {
+//!     let pool = ProcessPool::builder().workers(2).build().await?;
+//!     let pages = [("a", "one two three"), ("b", "four five")]
+//!         .map(|(title, text)| Page { title: title.into(), text: text.into() });
+//!     let counts: Vec<Counts> = pool.map(count_words, pages).try_collect().await?;
+//!     assert_eq!(counts[0], Counts { title: "a".into(), words: 3 });
+//!     assert_eq!(counts[1].words, 2);
+//!
+//!     let empty = Page { title: "c".into(), text: String::new() };
+//!     let failed = pool.apply(count_words, empty).await;
+//!     assert!(matches!(failed, Err(Error::Panicked { .. })));
+//!     pool.close().await;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # How a child starts
@@ -65,8 +123,24 @@
 //! Linux only (kernel 5.3 or later for pidfds; older kernels fall back to `SIGCHLD`).
 
 #![warn(missing_docs)]
-#![cfg(target_os = "linux")]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiprocess supports Linux only today: it is built on pidfds, clone3, memfd and \
+     descriptor passing over Unix sockets. On macOS (or Windows), build and run your \
+     program in a Linux container (for example `docker run --rm -it -v \"$PWD\":/src \
+     -w /src rust cargo run`) or a Linux virtual machine (Lima, OrbStack, UTM, WSL 2). A \
+     program that must also build elsewhere can depend on multiprocess for Linux only: \
+     list it under [target.'cfg(target_os = \"linux\")'.dependencies]."
+);
+
+/// Compiles the items it is given on Linux only, so that elsewhere the error above is the
+/// only one a build reports (instead of one per unresolved Linux interface).
+macro_rules! on_linux {
+    ($($item:item)*) => { $(#[cfg(target_os = "linux")] $item)* };
+}
+
+on_linux! {
 mod error;
 mod exit;
 mod ipc;
@@ -104,3 +178,4 @@ pub mod fuzzing;
 /// assert_eq!(Signal::SIGTERM as i32, libc::SIGTERM);
 /// ```
 pub use nix::sys::signal::Signal;
+}

@@ -176,3 +176,18 @@ fn the_readme_program_builds_without_warnings_and_prints_its_results() {
     );
     leaks.finish_blocking();
 }
+
+#[test]
+fn the_docs_front_page_shows_the_readme_dependencies() {
+    let lib = include_str!("../src/lib.rs");
+    let front_page: String = lib
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| line.strip_prefix(' ').unwrap_or(line).to_string() + "\n")
+        .collect();
+    let block = readme_block("Use it", "toml");
+    assert!(
+        front_page.contains(&format!("```toml\n{block}```")),
+        "src/lib.rs's front page should show the README's dependency block:\n{block}"
+    );
+}
