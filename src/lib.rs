@@ -111,6 +111,14 @@
 //! [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] and [`SharedMemory`] across
 //! processes.
 //!
+//! # Waiting, with and without a runtime
+//!
+//! Every call that can wait comes in the same forms: `x` (async), `x_timeout` (async,
+//! [`Error::Timeout`] after the limit), `x_blocking` and `x_blocking_timeout` (for code
+//! without a runtime, such as a plain function in a child), and, where it makes sense,
+//! `try_x`, which never waits: [`Queue::try_put`] and [`Queue::try_get`] fail at once
+//! with [`Error::Full`] / [`Error::Empty`].
+//!
 //! # Guarantees
 //!
 //! - Waiting never blocks a runtime thread and never hangs on a dead child: exit is

@@ -535,12 +535,12 @@ impl<T> Queue<T> {
         self.wait_until(Bell::Space, || self.try_reserve()).await
     }
 
-    fn reserve_blocking(&self) -> Result<()> {
+    /// Takes a place, blocking; `Ok(false)` at the deadline.
+    fn reserve_blocking(&self, deadline: Option<Instant>) -> Result<bool> {
         if self.try_reserve()? {
-            return Ok(());
+            return Ok(true);
         }
-        self.wait_until_blocking(Bell::Space, None, || self.try_reserve())
-            .map(drop)
+        self.wait_until_blocking(Bell::Space, deadline, || self.try_reserve())
     }
 
     /// Waits, with the write lock released, until consumers have made room in the ring.
@@ -549,9 +549,8 @@ impl<T> Queue<T> {
             .await
     }
 
-    fn ring_room_blocking(&self, need: usize) -> Result<()> {
-        self.wait_until_blocking(Bell::Space, None, || Ok(self.ring_has_room(need)))
-            .map(drop)
+    fn ring_room_blocking(&self, need: usize, deadline: Option<Instant>) -> Result<bool> {
+        self.wait_until_blocking(Bell::Space, deadline, || Ok(self.ring_has_room(need)))
     }
 
     fn bell(&self, bell: Bell) -> (&Notifier, &AtomicU32, &AtomicU32) {
@@ -642,13 +641,16 @@ impl<T> Queue<T> {
         Ok(self.ring_is_empty())
     }
 
-    fn drained_blocking(&self) -> Result<bool> {
+    /// [`drained`](Self::drained), blocking; `None` at the deadline.
+    fn drained_blocking(&self, deadline: Option<Instant>) -> Result<Option<bool>> {
         if !self.is_closed() {
-            return Ok(false);
+            return Ok(Some(false));
         }
-        self.inner.write_lock.acquire_blocking(true, None)?;
+        if !self.inner.write_lock.acquire_blocking(true, deadline)? {
+            return Ok(None);
+        }
         self.inner.write_lock.unlock();
-        Ok(self.ring_is_empty())
+        Ok(Some(self.ring_is_empty()))
     }
 
     /// Whether a consumer has something to do: a message, or the end.
@@ -774,49 +776,54 @@ impl<T: Serialize> Queue<T> {
         ENTRY_LEN + if inline { payload.len() } else { 0 }
     }
 
-    /// Places a message whose place is reserved, blocking the thread.
-    fn send_blocking(&self, (payload, fds): (Vec<u8>, Vec<OwnedFd>)) -> Result<()> {
+    /// Places a message whose place is reserved, blocking the thread; gives the place
+    /// back if the message is not placed. `Ok(false)` if `deadline` passed first (a
+    /// message whose frame has begun is finished regardless: its mark promises it).
+    fn send_blocking(
+        &self,
+        (payload, fds): (Vec<u8>, Vec<OwnedFd>),
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let unplaced = |outcome: Result<bool>| {
+            self.unput();
+            outcome
+        };
         let inline = fds.is_empty() && payload.len() <= self.inline_limit();
         let mut frame = match inline {
             true => None,
             false => match self.socket_frame(&payload, fds) {
                 Ok(frame) => Some(frame),
-                Err(err) => {
-                    self.unput();
-                    return Err(err);
-                }
+                Err(err) => return unplaced(Err(err)),
             },
         };
         loop {
-            if let Err(err) = self.inner.write_lock.acquire_blocking(true, None) {
-                self.unput();
-                return Err(err);
+            match self.inner.write_lock.acquire_blocking(true, deadline) {
+                Ok(true) => {}
+                Ok(false) => return unplaced(Ok(false)),
+                Err(err) => return unplaced(Err(err)),
             }
+            let unlock = UnlockOnDrop(&self.inner.write_lock);
             if let Err(err) = self.check_writer() {
-                self.inner.write_lock.unlock();
-                self.unput();
-                return Err(err);
+                return unplaced(Err(err));
             }
-            let result = match self.place(&payload, inline) {
-                Ok(Placed::InRing) => Ok(()),
+            match self.place(&payload, inline) {
+                Ok(Placed::InRing) => return Ok(true),
                 Ok(Placed::OnSocket) => {
                     let flushed = frame.take().expect("built for a mark").flush_blocking();
                     self.position(WRITER).store(0, SeqCst);
-                    flushed
+                    return flushed.map(|()| true);
                 }
                 Ok(Placed::NoRoom) => {
-                    self.inner.write_lock.unlock();
-                    self.ring_room_blocking(self.entry_len(&payload, inline))?;
-                    continue;
+                    drop(unlock);
+                    let need = self.entry_len(&payload, inline);
+                    match self.ring_room_blocking(need, deadline) {
+                        Ok(true) => {}
+                        Ok(false) => return unplaced(Ok(false)),
+                        Err(err) => return unplaced(Err(err)),
+                    }
                 }
-                Err(err) => {
-                    self.inner.write_lock.unlock();
-                    self.unput();
-                    return Err(err);
-                }
-            };
-            self.inner.write_lock.unlock();
-            return result;
+                Err(err) => return unplaced(Err(err)),
+            }
         }
     }
 
@@ -924,10 +931,37 @@ impl<T: Serialize> Queue<T> {
     ///
     /// See [`Queue`] for an example.
     pub fn put_blocking(&self, message: T) -> Result<()> {
+        self.put_blocking_until(message, None).map(drop)
+    }
+
+    /// [`put_blocking`](Self::put_blocking) with a time limit on waiting:
+    /// [`Error::Timeout`] if the message could not be put within `timeout`, and then it
+    /// was not put.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::Queue::new(1)?;
+    /// q.put_blocking_timeout(1u8, Duration::from_secs(1))?;
+    /// let full = q.put_blocking_timeout(2, Duration::from_millis(10));
+    /// assert!(matches!(full, Err(multiprocess::Error::Timeout { .. })));
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn put_blocking_timeout(&self, message: T, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        match self.put_blocking_until(message, Some(deadline))? {
+            true => Ok(()),
+            false => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// `Ok(false)` if `deadline` passed before the message was placed.
+    fn put_blocking_until(&self, message: T, deadline: Option<Instant>) -> Result<bool> {
         let encoded = self.encode(&message)?;
-        self.reserve_blocking()?;
+        if !self.reserve_blocking(deadline)? {
+            return Ok(false);
+        }
         self.counted_put();
-        self.send_blocking(encoded)
+        self.send_blocking(encoded, deadline)
     }
 }
 
@@ -1095,20 +1129,49 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn get_blocking(&self) -> Result<T> {
+        self.get_blocking_until(None)?
+            .ok_or_else(|| Error::Io(std::io::Error::other("wait without deadline ended")))
+    }
+
+    /// [`get_blocking`](Self::get_blocking) with a time limit on waiting:
+    /// [`Error::Timeout`] if no message came within `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::Queue::<u8>::new(1)?;
+    /// let empty = q.get_blocking_timeout(Duration::from_millis(10));
+    /// assert!(matches!(empty, Err(multiprocess::Error::Timeout { .. })));
+    /// q.put_blocking(4)?;
+    /// assert_eq!(q.get_blocking_timeout(Duration::from_secs(1))?, 4);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_blocking_until(Some(Instant::now() + timeout))?
+            .ok_or(Error::Timeout { after: timeout })
+    }
+
+    /// `Ok(None)` if `deadline` passed first.
+    fn get_blocking_until(&self, deadline: Option<Instant>) -> Result<Option<T>> {
         loop {
             self.check_broken()?;
             self.check_shut_down_now()?;
-            self.inner.read_lock.acquire_blocking(false, None)?;
+            if !self.inner.read_lock.acquire_blocking(false, deadline)? {
+                return Ok(None);
+            }
             let unlock = UnlockOnDrop(&self.inner.read_lock);
             self.check_shut_down_now()?;
             if let Some(message) = self.take_blocking()? {
-                return Ok(message);
+                return Ok(Some(message));
             }
             drop(unlock);
-            if self.drained_blocking()? {
-                return Err(Error::Closed);
+            match self.drained_blocking(deadline)? {
+                Some(true) => return Err(Error::Closed),
+                Some(false) => {}
+                None => return Ok(None),
             }
-            self.data_or_close_blocking(None)?;
+            if !self.data_or_close_blocking(deadline)? {
+                return Ok(None);
+            }
         }
     }
 }
@@ -1526,12 +1589,60 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn join_blocking(&self) -> Result<()> {
+        self.join_blocking_until(None).map(drop)
+    }
+
+    /// [`join`](Self::join) with a time limit: [`Error::Timeout`] if messages are
+    /// still unfinished after `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let q = multiprocess::JoinableQueue::new(2)?;
+    /// q.put(1u8).await?;
+    /// let waited = q.join_timeout(Duration::from_millis(10)).await;
+    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.join())
+            .await
+            .unwrap_or(Err(Error::Timeout { after: timeout }))
+    }
+
+    /// [`join_blocking`](Self::join_blocking) with a time limit: [`Error::Timeout`] if
+    /// messages are still unfinished after `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::JoinableQueue::new(2)?;
+    /// q.put_blocking(1u8)?;
+    /// let waited = q.join_blocking_timeout(Duration::from_millis(10));
+    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
+    /// q.get_blocking()?;
+    /// q.task_done()?;
+    /// q.join_blocking_timeout(Duration::from_millis(10))?;
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn join_blocking_timeout(&self, timeout: Duration) -> Result<()> {
+        match self.join_blocking_until(Some(Instant::now() + timeout))? {
+            true => Ok(()),
+            false => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// `Ok(false)` if `deadline` passed first.
+    fn join_blocking_until(&self, deadline: Option<Instant>) -> Result<bool> {
         loop {
             let seen = self.queue.inner.done.observe();
             if self.unfinished() == 0 || self.queue.is_shut_down_now() {
-                return Ok(());
+                return Ok(true);
             }
-            self.queue.inner.done.wait_blocking(seen, &[], None)?;
+            if !self.queue.inner.done.wait_blocking(seen, &[], deadline)? {
+                return Ok(false);
+            }
         }
     }
 }

@@ -162,3 +162,71 @@ async fn a_connection_travels_inside_a_message() {
     drop(child);
     leaks.finish().await;
 }
+
+/// Waits for a message at most briefly, says whether that timed out, then waits for
+/// one with a long limit.
+fn recv_with_timeouts(mut conn: Connection<bool, u32>) -> u32 {
+    let timed_out = matches!(
+        conn.recv_blocking_timeout(std::time::Duration::from_millis(50)),
+        Err(multiprocess::Error::Timeout { .. })
+    );
+    conn.send_blocking(timed_out).unwrap();
+    let (_tx, mut rx) = conn.split();
+    rx.recv_blocking_timeout(std::time::Duration::from_secs(20))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn receiver_blocking_timeout_in_a_child() {
+    let leaks = common::LeakCheck::start().await;
+    let (mut conn, child_end) = multiprocess::pipe::<u32, bool>().unwrap();
+    let child = spawn_process(recv_with_timeouts, child_end).unwrap();
+    assert!(conn.recv().await.unwrap(), "the first wait timed out");
+    conn.send_timeout(5, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(child.await.unwrap(), 5);
+    drop(conn);
+    leaks.finish().await;
+}
+
+/// A send that times out with the socket full keeps the rest of its message: once
+/// the peer reads, the next send delivers both, whole and in order.
+#[tokio::test]
+async fn send_timeouts_keep_the_message_whole() {
+    use multiprocess::Error;
+    use std::time::Duration;
+    let leaks = common::LeakCheck::start().await;
+    let (mut tx, mut rx) = multiprocess::channel::<Vec<u8>>().unwrap();
+    let big = vec![9u8; 4 << 20];
+    assert!(matches!(
+        tx.send_blocking_timeout(big.clone(), Duration::from_millis(30)),
+        Err(Error::Timeout { .. })
+    ));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_millis(30)).await,
+        Err(Error::Timeout { .. })
+    ));
+    let reader = tokio::spawn(async move {
+        let first = rx.recv().await.unwrap();
+        let second = rx.recv().await.unwrap();
+        (first, second)
+    });
+    tx.send_timeout(vec![1, 2, 3], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (first, second) = reader.await.unwrap();
+    assert_eq!(first, big);
+    assert_eq!(second, [1, 2, 3]);
+    // The async form times out too, and its message still arrives after.
+    let (mut a, mut b) = multiprocess::pipe::<Vec<u8>, ()>().unwrap();
+    assert!(matches!(
+        a.send_timeout(big.clone(), Duration::from_millis(30)).await,
+        Err(Error::Timeout { .. })
+    ));
+    let reader = tokio::spawn(async move { b.recv().await.unwrap() });
+    futures::SinkExt::flush(&mut a).await.unwrap();
+    assert_eq!(reader.await.unwrap(), big);
+    drop((tx, a));
+    leaks.finish().await;
+}

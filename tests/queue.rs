@@ -582,3 +582,54 @@ async fn shutdown_immediate_ends_join_in_another_process() {
     drop((queue, joiner));
     leaks.finish().await;
 }
+
+/// In a child without a runtime: `get_blocking_timeout` gives up on an empty queue
+/// (reported on `ready`), then takes a message that comes while it waits.
+fn get_with_timeouts((queue, ready): (Queue<u32>, Queue<bool>)) -> u32 {
+    let started = std::time::Instant::now();
+    let timed_out = matches!(
+        queue.get_blocking_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout { .. })
+    ) && started.elapsed() >= Duration::from_millis(50);
+    ready.put_blocking(timed_out).unwrap();
+    queue.get_blocking_timeout(Duration::from_secs(20)).unwrap()
+}
+
+/// In a child: `put_blocking_timeout` on a full queue gives up and puts nothing.
+fn put_with_timeout(queue: Queue<u32>) -> String {
+    format!(
+        "{:?}",
+        queue.put_blocking_timeout(3, Duration::from_millis(50))
+    )
+}
+
+#[tokio::test]
+async fn blocking_timeouts_in_a_child() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<u32>::new(2).unwrap();
+    let ready = Queue::<bool>::new(1).unwrap();
+    let mut getter = spawn_process(get_with_timeouts, (queue.clone(), ready.clone())).unwrap();
+    assert!(ready.get().await.unwrap(), "the first wait timed out");
+    queue.put(7).await.unwrap();
+    assert_eq!(getter.join().await.unwrap(), 7);
+    queue.put(1).await.unwrap();
+    queue.put(2).await.unwrap();
+    let putter = spawn_process(put_with_timeout, queue.clone()).unwrap();
+    assert_eq!(putter.await.unwrap(), "Err(Timeout { after: 50ms })");
+    assert_eq!(queue.len(), 2, "the timed-out put took no place");
+    assert_eq!(queue.get().await.unwrap(), 1);
+    assert_eq!(queue.get().await.unwrap(), 2);
+    assert!(matches!(queue.try_get(), Err(Error::Empty)));
+    // With room, the same call puts at once.
+    queue
+        .put_blocking_timeout(4, Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(
+        queue
+            .get_blocking_timeout(Duration::from_millis(50))
+            .unwrap(),
+        4
+    );
+    drop((queue, ready, getter));
+    leaks.finish().await;
+}

@@ -321,6 +321,53 @@ impl<S: Serialize, R> Connection<S, R> {
         self.write.encode(&message)?;
         self.write.flush_blocking()
     }
+
+    /// [`send`](Connection::send) with a time limit on waiting for the peer to make
+    /// room: [`Error::Timeout`] after `timeout`. The message is then partly written
+    /// or not at all; the rest stays buffered and goes out, whole, with the next send
+    /// or flush (as when a `send` future is dropped).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut a, mut b) = multiprocess::pipe::<u8, u8>()?;
+    /// a.send_timeout(1, Duration::from_secs(1)).await?;
+    /// assert_eq!(b.recv().await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_timeout(&mut self, message: S, timeout: Duration) -> Result<()> {
+        with_timeout(timeout, send_on(&mut self.write, &message)).await
+    }
+
+    /// [`send_blocking`](Connection::send_blocking) with a time limit on waiting for
+    /// the peer to make room: [`Error::Timeout`] after `timeout`, the unsent rest
+    /// buffered as for [`send_timeout`](Connection::send_timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (mut a, b) = multiprocess::pipe::<Vec<u8>, ()>()?;
+    /// // Nobody reads `b`: a message larger than the socket holds cannot go out.
+    /// let sent = a.send_blocking_timeout(vec![0; 8 << 20], Duration::from_millis(50));
+    /// assert!(matches!(sent, Err(multiprocess::Error::Timeout { .. })));
+    /// # drop(b);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn send_blocking_timeout(&mut self, message: S, timeout: Duration) -> Result<()> {
+        self.write.encode(&message)?;
+        self.write.flush_blocking_timeout(Some(timeout))
+    }
+}
+
+/// Runs `fut` for at most `timeout`; `Err(Timeout)` after that.
+async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout { after: timeout }))
 }
 
 impl<S, R: DeserializeOwned> Connection<S, R> {
@@ -340,6 +387,24 @@ impl<S, R: DeserializeOwned> Connection<S, R> {
     /// ```
     pub async fn recv(&mut self) -> Result<R> {
         recv_on(&mut self.read).await
+    }
+
+    /// [`recv`](Connection::recv) with a time limit: [`Error::Timeout`] if no whole
+    /// message came within `timeout`. Nothing is lost: bytes of a message that had
+    /// begun to arrive are kept for the next receive.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut a, _b) = multiprocess::pipe::<u8, u8>()?;
+    /// let waited = a.recv_timeout(Duration::from_millis(10)).await;
+    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<R> {
+        with_timeout(timeout, recv_on(&mut self.read)).await
     }
 
     /// Receives the next message, blocking the calling thread.
@@ -522,6 +587,37 @@ impl<T: Serialize> Sender<T> {
         self.write.flush_blocking()
     }
 
+    /// Sends one message with a time limit; see [`Connection::send_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (mut tx, mut rx) = multiprocess::channel::<u8>()?;
+    /// tx.send_timeout(3, Duration::from_secs(1)).await?;
+    /// assert_eq!(rx.recv().await?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_timeout(&mut self, message: T, timeout: Duration) -> Result<()> {
+        with_timeout(timeout, send_on(&mut self.write, &message)).await
+    }
+
+    /// Sends one message, blocking at most `timeout`; see
+    /// [`Connection::send_blocking_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (mut tx, mut rx) = multiprocess::channel::<u8>()?;
+    /// tx.send_blocking_timeout(3, Duration::from_secs(1))?;
+    /// assert_eq!(rx.recv_blocking()?, 3);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn send_blocking_timeout(&mut self, message: T, timeout: Duration) -> Result<()> {
+        self.write.encode(&message)?;
+        self.write.flush_blocking_timeout(Some(timeout))
+    }
+
     /// Shuts down the sending direction: the peer reads end of stream once it has read
     /// everything sent before, even if other copies of the socket (the receiving half of
     /// a split connection, say) stay open.
@@ -690,6 +786,40 @@ impl<T: DeserializeOwned> Receiver<T> {
     pub fn recv_blocking(&mut self) -> Result<T> {
         self.read
             .recv_blocking(None)
+            .unwrap_or(Err(Error::Disconnected))
+    }
+
+    /// Receives the next message with a time limit; see [`Connection::recv_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let (_tx, mut rx) = multiprocess::channel::<u8>()?;
+    /// let waited = rx.recv_timeout(Duration::from_millis(10)).await;
+    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        with_timeout(timeout, recv_on(&mut self.read)).await
+    }
+
+    /// Receives the next message, blocking at most `timeout`; see
+    /// [`Connection::recv_blocking_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (mut tx, mut rx) = multiprocess::channel::<u8>()?;
+    /// let waited = rx.recv_blocking_timeout(Duration::from_millis(10));
+    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
+    /// tx.send_blocking(1)?;
+    /// assert_eq!(rx.recv_blocking_timeout(Duration::from_secs(1))?, 1);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn recv_blocking_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.read
+            .recv_blocking(Some(timeout))
             .unwrap_or(Err(Error::Disconnected))
     }
 

@@ -632,13 +632,28 @@ impl WriteHalf {
 
     /// Writes out everything buffered, blocking the calling thread.
     pub(crate) fn flush_blocking(&mut self) -> Result<()> {
+        self.flush_blocking_timeout(None)
+    }
+
+    /// Writes out everything buffered, blocking the calling thread at most `timeout`
+    /// (`None`: no limit). On `Err(Timeout)` what was not written stays buffered, and
+    /// goes out with the next flush, so the frame stays whole.
+    pub(crate) fn flush_blocking_timeout(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let wait = match deadline {
+            Some(_) => Wait::No,
+            None => Wait::Block,
+        };
         while self.buffered() > 0 {
-            match self.write_once(Wait::Block) {
+            match self.write_once(wait) {
                 Ok(_) => {}
-                // Someone made the shared socket non-blocking: wait by hand.
+                // Full (or someone made the shared socket non-blocking): wait by hand.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let sock = self.sock.clone();
-                    wait_ready(sock.fd(), true, None, None)?;
+                    wait_ready(sock.fd(), true, deadline, timeout)?;
                 }
                 Err(e) => return Err(Error::from_io(e)),
             }
