@@ -107,6 +107,27 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The working directory set for a child
+    /// ([`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir)) cannot be
+    /// entered: it is missing, not a directory, or not accessible. Nothing was started.
+    #[error("cannot start the child in `{}`: {source}", .path.display())]
+    CurrentDir {
+        /// The directory asked for.
+        path: std::path::PathBuf,
+        /// Why it cannot be used (`NotFound` when it does not exist).
+        #[source]
+        source: io::Error,
+    },
+    /// `MULTIPROCESS_START_METHOD` names no start method of this crate (`exec` and
+    /// `forkserver` are; Python's `spawn` and `fork` are not). Spawns that use the
+    /// default start method fail with this rather than guess.
+    #[error(
+        "MULTIPROCESS_START_METHOD={value:?} is not a start method (use \"exec\" or \"forkserver\")"
+    )]
+    UnknownStartMethod {
+        /// The value found in the environment.
+        value: String,
+    },
     /// A pool worker died (killed by a signal or exited) while running this task. The
     /// pool has replaced it.
     #[error("pool worker {pid} died while running the task ({})", describe_death(*.signal, *.code))]

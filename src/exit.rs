@@ -292,8 +292,14 @@ impl ExitWatch {
 }
 
 /// Signals a child from anywhere, after its watch may have moved on: through a
-/// duplicate of its pidfd, or under the SIGCHLD slot's lock, so never to a recycled pid.
-pub(crate) enum Signaller {
+/// duplicate of its pidfd, or under the SIGCHLD slot's lock, so never to a recycled pid;
+/// and, for a child leading its own process group, to that whole group too.
+pub(crate) struct Signaller {
+    target: Target,
+    group: Option<u32>,
+}
+
+enum Target {
     Pidfd(OwnedFd),
     Sigchld(u32, Arc<Slot>),
     Reaped,
@@ -301,24 +307,40 @@ pub(crate) enum Signaller {
 
 impl Signaller {
     pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
-        let result = match self {
-            Signaller::Pidfd(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
-            Signaller::Sigchld(pid, slot) => slot.signal(*pid, signal),
-            Signaller::Reaped => Ok(()),
+        let result = match &self.target {
+            Target::Pidfd(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
+            Target::Sigchld(pid, slot) => slot.signal(*pid, signal),
+            Target::Reaped => Ok(()),
         };
         match result {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            other => other?,
+        }
+        match self.group {
+            Some(pgid) => sys::kill_process_group(pgid, signal),
+            None => Ok(()),
+        }
+    }
+
+    /// Also signals the process group `pgid` (the child's own).
+    pub(crate) fn with_group(self, pgid: u32) -> Signaller {
+        Signaller {
+            group: Some(pgid),
+            ..self
         }
     }
 }
 
 impl ExitWatch {
     pub(crate) fn signaller(&self) -> io::Result<Signaller> {
-        Ok(match self.kind.as_ref() {
-            Some(Kind::Pidfd(pidfd)) => Signaller::Pidfd(sys::dup_cloexec(pidfd.fd(), 3)?),
-            Some(Kind::Sigchld(slot)) => Signaller::Sigchld(self.pid, slot.clone()),
-            None => Signaller::Reaped,
+        let target = match self.kind.as_ref() {
+            Some(Kind::Pidfd(pidfd)) => Target::Pidfd(sys::dup_cloexec(pidfd.fd(), 3)?),
+            Some(Kind::Sigchld(slot)) => Target::Sigchld(self.pid, slot.clone()),
+            None => Target::Reaped,
+        };
+        Ok(Signaller {
+            target,
+            group: None,
         })
     }
 }

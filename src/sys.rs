@@ -59,6 +59,28 @@ pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to every process of the group `pgid`. A group no process is in any
+/// more gives `Ok` (nothing to do). The kernel hands out no pid that is still a group's
+/// id while a member of that group lives, so the group is that of our child as long
+/// as it has a member (the child itself, reaped or not, or one of its descendants).
+pub(crate) fn kill_process_group(pgid: u32, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a process group of a child",
+        ));
+    }
+    // SAFETY: kill takes plain integers; a negative pid names a process group.
+    let rc = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// Reaps the child behind `pidfd` if it has exited. `Ok(None)` means still running.
 pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
     // SAFETY: siginfo_t is plain data; zeroed is a valid initial value and lets us tell

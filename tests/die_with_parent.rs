@@ -117,3 +117,56 @@ async fn pool_workers_die_with_the_process_that_owns_the_pool() {
     drop((owner, rx));
     leaks.finish().await;
 }
+
+/// An owner: starts a function child and a program with the defaults (or detached),
+/// reports their pids, then waits to be killed, holding both handles.
+fn owner(args: (bool, Sender<Vec<u32>>)) {
+    let (detached, mut report) = args;
+    let builder = Process::builder().kill_on_drop(!detached);
+    let function = builder.spawn(sleeps_forever, ()).unwrap();
+    let program = builder.command("sleep").arg("1000").spawn().unwrap();
+    report
+        .send_blocking(vec![function.pid(), program.pid()])
+        .unwrap();
+    sleeps_forever(());
+    drop((function, program));
+}
+
+#[tokio::test]
+async fn children_spawned_with_the_defaults_die_with_their_killed_owner() {
+    let leaks = common::LeakCheck::start().await;
+    let (tx, mut rx) = multiprocess::channel::<Vec<u32>>().unwrap();
+    let mut parent = spawn_process(owner, (false, tx)).unwrap();
+    let children = rx.recv().await.unwrap();
+    parent.kill().unwrap();
+    assert!(parent.join().await.is_err());
+    for child in children {
+        assert!(
+            common::await_exit_of(child, Duration::from_secs(20)).await,
+            "child {child} outlived its owner"
+        );
+    }
+    drop((parent, rx));
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn detached_children_outlive_their_killed_owner() {
+    let leaks = common::LeakCheck::start().await;
+    let (tx, mut rx) = multiprocess::channel::<Vec<u32>>().unwrap();
+    let mut parent = spawn_process(owner, (true, tx)).unwrap();
+    let children = rx.recv().await.unwrap();
+    parent.kill().unwrap();
+    assert!(parent.join().await.is_err());
+    for child in children {
+        assert!(!common::await_exit_of(child, Duration::from_millis(300)).await);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(common::await_exit_of(child, Duration::from_secs(20)).await);
+    }
+    drop((parent, rx));
+    leaks.finish().await;
+}

@@ -110,3 +110,100 @@ fn dropped_while_its_runtime_shuts_down_is_reaped_by_the_next_spawn() {
     drop((next, runtime));
     leaks.finish_blocking();
 }
+
+/// Starts `sleep` and leaves it running, orphaned once we exit; returns its pid.
+fn leaves_an_orphan(_: ()) -> u32 {
+    let grandchild = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let pid = grandchild.id();
+    std::mem::forget(grandchild);
+    pid
+}
+
+/// Starts `sleep`, reports its pid, and waits to be killed.
+fn starts_a_grandchild_and_waits(mut report: multiprocess::Sender<u32>) {
+    let grandchild = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    report.send_blocking(grandchild.id()).unwrap();
+    std::mem::forget(grandchild);
+    sleeps_forever(());
+}
+
+async fn gone(pid: u32) {
+    assert!(
+        common::await_exit_of(pid, Duration::from_secs(20)).await,
+        "process {pid} survived"
+    );
+}
+
+#[tokio::test]
+async fn kill_tree_takes_an_orphaned_grandchild_along_on_drop() {
+    let leaks = common::LeakCheck::start().await;
+    let mut child = Process::builder()
+        .kill_tree(true)
+        .spawn(leaves_an_orphan, ())
+        .unwrap();
+    let grandchild = child.join().await.unwrap();
+    assert!(common::exists(grandchild));
+    drop(child);
+    gone(grandchild).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn kill_tree_takes_a_running_childs_children_along() {
+    let leaks = common::LeakCheck::start().await;
+    let builder = Process::builder().kill_tree(true);
+    // Dropped while running.
+    let (tx, mut rx) = multiprocess::channel::<u32>().unwrap();
+    let child = builder.spawn(starts_a_grandchild_and_waits, tx).unwrap();
+    let (pid, grandchild) = (child.pid(), rx.recv().await.unwrap());
+    drop((child, rx));
+    gone(pid).await;
+    gone(grandchild).await;
+    // Killed while running.
+    let (tx, mut rx) = multiprocess::channel::<u32>().unwrap();
+    let mut child = builder.spawn(starts_a_grandchild_and_waits, tx).unwrap();
+    let grandchild = rx.recv().await.unwrap();
+    child.kill().unwrap();
+    assert!(child.join().await.is_err());
+    gone(grandchild).await;
+    drop((child, rx));
+    // A program whose shell leaves a background job behind.
+    let mut shell = builder
+        .command("sh")
+        .args(["-c", "sleep 1000 >/dev/null & echo $!"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grandchild: u32 = common::read_stdout(&mut shell)
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    shell.join().await.unwrap();
+    assert!(common::exists(grandchild));
+    drop(shell);
+    gone(grandchild).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn without_kill_tree_an_orphaned_grandchild_survives_the_drop() {
+    let leaks = common::LeakCheck::start().await;
+    let mut child = spawn_process(leaves_an_orphan, ()).unwrap();
+    let grandchild = child.join().await.unwrap();
+    drop(child);
+    assert!(!common::await_exit_of(grandchild, Duration::from_millis(300)).await);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(grandchild as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    gone(grandchild).await;
+    leaks.finish().await;
+}

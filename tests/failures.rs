@@ -143,3 +143,52 @@ async fn timeout_then_kill() {
     drop(child);
     leaks.finish().await;
 }
+
+#[tokio::test]
+async fn a_missing_working_directory_is_named_as_such() {
+    let leaks = common::LeakCheck::start().await;
+    let missing = std::path::Path::new("/nonexistent/mp-missing-dir");
+    let builder = multiprocess::Process::builder().current_dir(missing);
+    let errors = [
+        builder.spawn(exits, 0).unwrap_err(),
+        builder.command("true").spawn().unwrap_err(),
+    ];
+    for err in errors {
+        match &err {
+            Error::CurrentDir { path, source } => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("not a working-directory error: {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains("/nonexistent/mp-missing-dir"), "{message}");
+        assert!(!message.contains("failed to spawn"), "{message}");
+    }
+    leaks.finish().await;
+}
+
+fn spawns_with_the_default_start_method(_: ()) -> String {
+    match spawn_process(exits, 0) {
+        Ok(_) => "spawned".to_string(),
+        Err(err) => format!("{err:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_start_method_is_an_error_not_the_fork_server() {
+    let leaks = common::LeakCheck::start().await;
+    for value in ["spawn", "frokserver"] {
+        let outcome = multiprocess::Process::builder()
+            .env("MULTIPROCESS_START_METHOD", value)
+            .spawn(spawns_with_the_default_start_method, ())
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            format!("UnknownStartMethod {{ value: {value:?} }}")
+        );
+    }
+    leaks.finish().await;
+}

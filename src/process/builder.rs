@@ -16,8 +16,10 @@ use crate::start::{self, Entry};
 /// Made by [`Process::builder`]. Every child starts with default signal dispositions
 /// and no signal blocked (whatever the parent ignores or masks), and with no descriptor
 /// above stdio except its own control socket. Defaults: the parent's environment and
-/// working directory (the one of the moment of the spawn), named `Process-N`, killed when its handle is dropped, not tied to the
-/// parent's lifetime, in the parent's process group.
+/// working directory (the one of the moment of the spawn), named `Process-N`, killed
+/// when its handle is dropped and when this process dies (even by `SIGKILL`), in the
+/// parent's process group. `kill_on_drop(false)` makes a detached child: it outlives
+/// both its handle and this process unless `die_with_parent(true)` says otherwise.
 ///
 /// ```
 /// use multiprocess::Process;
@@ -100,6 +102,10 @@ impl ProcessBuilder {
     /// Whether dropping the [`Process`] handle kills the child (default `true`). Either
     /// way the child is reaped once it exits: no zombie is left behind.
     ///
+    /// Unless [`die_with_parent`](Self::die_with_parent) is set explicitly, it follows
+    /// this setting: a child that must not outlive its handle does not outlive this
+    /// process either, however it dies; a detached child (`false`) outlives both.
+    ///
     /// ```
     /// let builder = multiprocess::Process::builder().kill_on_drop(false);
     /// ```
@@ -109,7 +115,8 @@ impl ProcessBuilder {
     }
 
     /// Whether the child gets `SIGKILL` when its parent process dies
-    /// (`PR_SET_PDEATHSIG`, default `false`). Linux ties that signal to the parent
+    /// (`PR_SET_PDEATHSIG`; by default, the same as [`kill_on_drop`](Self::kill_on_drop),
+    /// so `true` unless the child is detached). Linux ties that signal to the parent
     /// *thread*, so such children are spawned from a thread of the crate's that lives as
     /// long as the process: the child dies with the process, not with whichever thread
     /// happened to spawn it.
@@ -118,7 +125,7 @@ impl ProcessBuilder {
     /// let builder = multiprocess::Process::builder().die_with_parent(true);
     /// ```
     pub fn die_with_parent(mut self, die: bool) -> Self {
-        self.options.die_with_parent = die;
+        self.options.die_with_parent = Some(die);
         self
     }
 
@@ -162,6 +169,40 @@ impl ProcessBuilder {
     /// ```
     pub fn process_group(mut self, pgid: i32) -> Self {
         self.options.process_group = Some(pgid);
+        self
+    }
+
+    /// Whether killing the child reaches its own children too (default `false`).
+    ///
+    /// The child then leads a new process group (set before it runs anything, so
+    /// every process it starts is born in it), and [`Process::kill`],
+    /// [`Process::shutdown`]'s final kill and kill-on-drop send `SIGKILL` to the whole
+    /// group: grandchildren, orphaned or not, go with it. Dropping the handle kills the
+    /// group even after the child itself has exited, which is how orphans it left
+    /// behind are cleaned up. `terminate` and `signal` still address the child alone.
+    /// Replaces any [`process_group`](Self::process_group) setting.
+    ///
+    /// A process group rather than a subreaper: `PR_SET_CHILD_SUBREAPER` would make this
+    /// whole process the parent of every orphan below it (someone else's to reap, and a
+    /// change to the program's behaviour a library should not make), and it cannot be
+    /// limited to one child. A descendant that moves to another group or session on
+    /// purpose (`setsid`, a daemon) escapes, as it escapes a terminal's Ctrl-C.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut shell = multiprocess::Process::builder()
+    ///     .kill_tree(true)
+    ///     .command("sh")
+    ///     .args(["-c", "sleep 1000 & wait"])
+    ///     .spawn()?;
+    /// shell.kill()?; // the shell and its `sleep`
+    /// assert!(shell.join().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn kill_tree(mut self, kill_tree: bool) -> Self {
+        self.options.kill_tree = kill_tree;
         self
     }
 

@@ -181,6 +181,7 @@ impl Command {
     /// ```
     pub fn spawn(&mut self) -> Result<Process<()>> {
         exit::reap_orphans();
+        self.options.check_current_dir()?;
         let name = self
             .options
             .name
@@ -200,7 +201,7 @@ impl Command {
         }
         let inherited = self.prepare_channels()?;
         self.install_pre_exec(&mut command, &inherited);
-        let spawned = spawn_command(command, self.options.die_with_parent);
+        let spawned = spawn_command(command, self.options.dies_with_parent());
         self.channels.clear();
         drop(inherited);
         let mut child = spawned.map_err(|source| Error::Spawn {
@@ -238,7 +239,7 @@ impl Command {
                 .map(|(target, fd)| (fd.as_raw_fd(), *target))
                 .collect(),
             memory_limit: self.options.memory_limit,
-            die_with: self.options.die_with_parent.then(std::process::id),
+            die_with: self.options.dies_with_parent().then(std::process::id),
         }
         .install(command);
     }

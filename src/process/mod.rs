@@ -91,6 +91,8 @@ pub struct Process<R> {
     outcome: Option<Result<Outcome<R>>>,
     joined: bool,
     kill_on_drop: bool,
+    // The child leads its own process group, which killing it kills too.
+    kill_tree: bool,
     // What an exit without an outcome means: a failure for a function, possibly
     // success for an external program.
     without_outcome: fn(ExitStatus) -> Result<R>,
@@ -136,6 +138,7 @@ impl Process<()> {
             outcome: None,
             joined: false,
             kill_on_drop: options.kill_on_drop,
+            kill_tree: options.kill_tree,
             without_outcome: |status| match status.success() {
                 true => Ok(()),
                 false => Err(Error::from_exit_status(status)),
@@ -155,6 +158,7 @@ impl<R> Process<R> {
             outcome: None,
             joined: false,
             kill_on_drop: options.kill_on_drop,
+            kill_tree: options.kill_tree,
             without_outcome: function_exit_without_outcome,
             memory_limit: options.memory_limit,
             stdio: Default::default(),
@@ -238,8 +242,15 @@ impl<R> Process<R> {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// With [`kill_tree`](ProcessBuilder::kill_tree), the child's whole process group
+    /// is killed, its own children included.
     pub fn kill(&self) -> Result<()> {
-        self.signal(crate::Signal::SIGKILL)
+        self.signal(crate::Signal::SIGKILL)?;
+        if self.kill_tree {
+            crate::sys::kill_process_group(self.pid(), libc::SIGKILL)?;
+        }
+        Ok(())
     }
 
     /// Sends `signal` to the child (through its pidfd where available, so it can never
@@ -263,8 +274,13 @@ impl<R> Process<R> {
     }
 
     /// A handle that can signal this child from elsewhere, safe against pid reuse.
+    /// With [`kill_tree`](ProcessBuilder::kill_tree) it signals the child's whole group.
     pub(crate) fn signaller(&self) -> Result<crate::exit::Signaller> {
-        Ok(self.watch.signaller()?)
+        let signaller = self.watch.signaller()?;
+        Ok(match self.kill_tree {
+            true => signaller.with_group(self.pid()),
+            false => signaller,
+        })
     }
 }
 
@@ -463,8 +479,14 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if self.kill_on_drop && self.watch.exit().is_none() {
-            let _ = self.watch.signal(libc::SIGKILL);
+        if self.kill_on_drop {
+            if self.watch.exit().is_none() {
+                let _ = self.watch.signal(libc::SIGKILL);
+            }
+            if self.kill_tree {
+                // Also after the child exited: orphans it left in its group go too.
+                let _ = crate::sys::kill_process_group(self.pid(), libc::SIGKILL);
+            }
         }
         // The watch reaps whatever is left, now or in the background.
     }

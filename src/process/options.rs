@@ -25,21 +25,35 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    /// The default: `Forkserver`, unless `MULTIPROCESS_START_METHOD=exec` is in the
-    /// environment. (Where the kernel cannot fork for the server, spawns fall back to
-    /// `Exec` by themselves.)
+    /// The default: `Forkserver`, unless `MULTIPROCESS_START_METHOD` says `exec` (or
+    /// `forkserver`). Any other value of that variable (Python's `spawn` or `fork`, a
+    /// typo) is refused: every spawn using the default then fails with an error naming
+    /// it, and this function returns `Forkserver`. (Where the kernel cannot fork for the
+    /// server, spawns fall back to `Exec` by themselves.)
     ///
     /// ```
     /// let method = multiprocess::StartMethod::from_env();
     /// ```
     pub fn from_env() -> StartMethod {
-        static CHOICE: std::sync::OnceLock<StartMethod> = std::sync::OnceLock::new();
-        *CHOICE.get_or_init(
-            || match std::env::var("MULTIPROCESS_START_METHOD").as_deref() {
-                Ok("exec") => StartMethod::Exec,
-                _ => StartMethod::Forkserver,
+        StartMethod::configured().unwrap_or(StartMethod::Forkserver)
+    }
+
+    /// The method `MULTIPROCESS_START_METHOD` asks for, read once.
+    pub(crate) fn configured() -> Result<StartMethod, crate::Error> {
+        static CHOICE: std::sync::OnceLock<Result<StartMethod, String>> =
+            std::sync::OnceLock::new();
+        let choice = CHOICE.get_or_init(|| match std::env::var("MULTIPROCESS_START_METHOD") {
+            Err(std::env::VarError::NotPresent) => Ok(StartMethod::Forkserver),
+            Ok(value) => match value.as_str() {
+                "exec" => Ok(StartMethod::Exec),
+                "forkserver" => Ok(StartMethod::Forkserver),
+                _ => Err(value),
             },
-        )
+            Err(std::env::VarError::NotUnicode(value)) => Err(value.to_string_lossy().into()),
+        });
+        choice
+            .clone()
+            .map_err(|value| crate::Error::UnknownStartMethod { value })
     }
 }
 
@@ -50,8 +64,11 @@ pub(crate) struct Options {
     pub(crate) env_clear: bool,
     pub(crate) current_dir: Option<PathBuf>,
     pub(crate) kill_on_drop: bool,
-    pub(crate) die_with_parent: bool,
+    /// `None`: as `kill_on_drop`.
+    pub(crate) die_with_parent: Option<bool>,
     pub(crate) process_group: Option<i32>,
+    /// The child leads a process group of its own, which kill and kill-on-drop signal.
+    pub(crate) kill_tree: bool,
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) memory_limit: Option<u64>,
 }
@@ -64,8 +81,9 @@ impl Default for Options {
             env_clear: false,
             current_dir: None,
             kill_on_drop: true,
-            die_with_parent: false,
+            die_with_parent: None,
             process_group: None,
+            kill_tree: false,
             start_method: None,
             memory_limit: None,
         }
@@ -81,13 +99,40 @@ impl Options {
             .unwrap_or_else(|| format!("Process-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
     }
 
+    /// Whether the child gets `SIGKILL` when this process dies: as asked, or else
+    /// whenever it must not outlive its handle.
+    pub(crate) fn dies_with_parent(&self) -> bool {
+        self.die_with_parent.unwrap_or(self.kill_on_drop)
+    }
+
+    /// Checks the working directory can be entered, so that a missing one is reported
+    /// as such rather than as the program (or the spawn) failing.
+    pub(crate) fn check_current_dir(&self) -> Result<(), crate::Error> {
+        let Some(dir) = &self.current_dir else {
+            return Ok(());
+        };
+        let problem = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            Err(err) => err,
+        };
+        Err(crate::Error::CurrentDir {
+            path: dir.clone(),
+            source: problem,
+        })
+    }
+
     /// Whether a fork server child can honour these options.
-    pub(crate) fn use_forkserver(&self) -> bool {
-        self.start_method.unwrap_or_else(StartMethod::from_env) == StartMethod::Forkserver
+    pub(crate) fn use_forkserver(&self) -> Result<bool, crate::Error> {
+        let method = match self.start_method {
+            Some(method) => method,
+            None => StartMethod::configured()?,
+        };
+        Ok(method == StartMethod::Forkserver
             && self.env.is_empty()
             && !self.env_clear
             && self.current_dir.is_none()
-            && self.process_group.is_none()
+            && self.process_group.is_none())
     }
 
     pub(crate) fn apply(&self, command: &mut std::process::Command) {
@@ -103,7 +148,9 @@ impl Options {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
-        if let Some(group) = self.process_group {
+        if self.kill_tree {
+            command.process_group(0);
+        } else if let Some(group) = self.process_group {
             command.process_group(group);
         }
     }

@@ -83,6 +83,17 @@ fn run_with_control(mut control: Control) -> i32 {
     if start.die_with_parent && !die_with_parent(start.parent_pid) {
         return EXIT_FAILED;
     }
+    if start.own_group {
+        // Before the function can start a process of its own, so none escapes the group.
+        if let Err(err) =
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+        {
+            control.report(&Outcome::<()>::Refused(format!(
+                "cannot start a process group: {err}"
+            )));
+            return EXIT_FAILED;
+        }
+    }
     if let Some(limit) = start.memory_limit {
         if let Err(err) = sys::set_address_space_limit(limit) {
             control.report(&Outcome::<()>::Refused(format!(

@@ -12,6 +12,8 @@ pub(crate) struct Start {
     pub(crate) function: i64,
     pub(crate) name: String,
     pub(crate) die_with_parent: bool,
+    /// Lead a new process group before running anything.
+    pub(crate) own_group: bool,
     pub(crate) parent_pid: u32,
     pub(crate) memory_limit: Option<u64>,
 }

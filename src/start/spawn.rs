@@ -49,12 +49,14 @@ pub(crate) fn spawn_function<A: Serialize>(
         entry: identity::offset_of(entry),
         function: identity::offset_of(function),
         name: name.to_string(),
-        die_with_parent: options.die_with_parent,
+        die_with_parent: options.dies_with_parent(),
+        own_group: options.kill_tree,
         parent_pid: std::process::id(),
         memory_limit: options.memory_limit,
     };
     let (mut control, mut write, mut child_end) = control_socket(&start, arg)?;
-    let forked = match options.use_forkserver() {
+    options.check_current_dir()?;
+    let forked = match options.use_forkserver()? {
         true => match forkserver::fork_child(&child_end) {
             Ok(forked) => Some(forked),
             Err(err) => {
@@ -79,7 +81,7 @@ pub(crate) fn spawn_function<A: Serialize>(
         // The bootstrap applies the memory limit and the parent-death signal itself.
         ChildSetup::default().install(&mut command);
         let child =
-            spawn_command(command, options.die_with_parent).map_err(|source| Error::Spawn {
+            spawn_command(command, options.dies_with_parent()).map_err(|source| Error::Spawn {
                 program: name.to_string(),
                 source,
             })?;
