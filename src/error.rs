@@ -139,6 +139,10 @@ pub enum Error {
         /// Its exit code, if it exited.
         code: Option<i32>,
     },
+    /// A setting or argument is outside what it can be (for example a pool of zero
+    /// workers).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The pool was closed or terminated before the task could run.
     #[error("the pool is closed")]
     PoolClosed,

@@ -119,6 +119,10 @@ enum KillReason {
 /// status says more than our `SIGKILL` would) before it is killed.
 const BROKEN_STREAM_GRACE: Duration = Duration::from_secs(1);
 
+/// How long answers a dead worker sent may take to be read, when something other than
+/// the worker (a process it forked) keeps its connection open.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
 /// How long a worker told to exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -148,6 +152,7 @@ impl WorkerSlot {
         if self.killed.is_none() {
             self.killed = Some(reason);
             let _ = self.signaller.signal(libc::SIGKILL);
+            kill_group(self.pid);
         }
     }
 
@@ -502,6 +507,8 @@ impl Core {
                 return;
             };
             let mut slot = state.workers.swap_remove(index);
+            // Dead, recycled or closed: nothing it started outlives it.
+            kill_group(slot.pid);
             let retired = slot.retiring(self.config.max_tasks_per_worker)
                 && slot.window.is_empty()
                 && status.success();
@@ -757,6 +764,16 @@ impl Core {
     }
 }
 
+/// Kills what is left of a worker's process group: every process a task forked that
+/// did not leave the group. A worker leads its own group (it calls `setpgid` first
+/// thing), and the group's id cannot be taken by a new process while any member lives.
+fn kill_group(pid: u32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
 async fn feed_worker(
     mut tx: crate::ipc::Sender<JobOut>,
     mut jobs: mpsc::UnboundedReceiver<Arc<JobData>>,
@@ -770,30 +787,55 @@ async fn feed_worker(
     let _ = tx.close().await;
 }
 
+/// Reads a worker's answers until it exits. Its exit, not the end of its connection,
+/// decides that it is gone: a grandchild the task forked may hold the connection open
+/// long after the worker died.
 async fn read_worker(
     core: Arc<Core>,
     key: u64,
     mut rx: crate::ipc::Receiver<FromWorker>,
     mut process: Process<()>,
 ) {
-    let end = loop {
-        match rx.recv().await {
-            Ok(message) => core.on_message(key, message),
-            Err(end) => break end,
+    let mut stream_end: Option<Error> = None;
+    let mut broken_deadline: Option<Instant> = None;
+    let status = loop {
+        let grace = async {
+            match broken_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            message = rx.recv(), if stream_end.is_none() => match message {
+                Ok(message) => core.on_message(key, message),
+                Err(end) => {
+                    if !(matches!(end, Error::Disconnected) && core.hung_up_on(key)) {
+                        // Nothing more can be read from it. A worker that is dying anyway
+                        // (a torn answer, then exit) is given the moment it needs so its
+                        // own status is reported; one that lives on would hold its tasks
+                        // forever.
+                        broken_deadline = Some(Instant::now() + BROKEN_STREAM_GRACE);
+                    }
+                    stream_end = Some(end);
+                }
+            },
+            status = process.wait() => break status,
+            () = grace => {
+                broken_deadline = None;
+                let why = stream_end.as_ref().map(ToString::to_string).unwrap_or_default();
+                core.kill_broken(key, why);
+            }
         }
     };
-    if !(matches!(end, Error::Disconnected) && core.hung_up_on(key)) {
-        // Nothing more can be read from it. A worker that is dying anyway (a torn
-        // answer, then exit) is given the moment it needs so its own status is reported;
-        // one that lives on would hold its tasks forever.
-        if tokio::time::timeout(BROKEN_STREAM_GRACE, process.wait())
-            .await
-            .is_err()
-        {
-            core.kill_broken(key, end.to_string());
+    if stream_end.is_none() {
+        // Answers it sent before it exited are already in the socket: settle them first.
+        // Its death closes its end at once, unless a descendant still holds it open.
+        while let Ok(Ok(message)) = tokio::time::timeout(DRAIN_AFTER_EXIT, rx.recv()).await {
+            core.on_message(key, message);
         }
     }
-    let status = match process.wait().await {
+    let status = match status {
         Ok(status) => status,
         Err(err) => {
             tracing::error!(error = %err, "could not await a pool worker");

@@ -85,13 +85,20 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// How many worker processes (default: the available parallelism).
+    /// How many worker processes (default: the available parallelism). Zero makes
+    /// `build` fail with [`Error::InvalidArgument`]: a pool without workers would
+    /// never run a task.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
     /// let builder = multiprocess::ProcessPool::builder().workers(4);
+    /// let none = multiprocess::ProcessPool::builder().workers(0).build().await;
+    /// assert!(matches!(none, Err(multiprocess::Error::InvalidArgument(_))));
+    /// # }
     /// ```
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+        self.workers = workers;
         self
     }
 
@@ -246,6 +253,18 @@ impl PoolBuilder {
         self
     }
 
+    fn check(&mut self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::InvalidArgument(
+                "a pool needs at least one worker".into(),
+            ));
+        }
+        match self.init_error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
     fn config(&self, spawn: self::core::SpawnWorker) -> Config {
         Config {
             workers: self.workers,
@@ -269,10 +288,8 @@ impl PoolBuilder {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn build(self) -> Result<ProcessPool> {
-        if let Some(err) = self.init_error {
-            return Err(err);
-        }
+    pub async fn build(mut self) -> Result<ProcessPool> {
+        self.check()?;
         let init = self.init.clone();
         let spawn = spawner(
             self.name.clone(),
@@ -298,7 +315,8 @@ impl PoolBuilder {
     /// (see [`Worker`]).
     ///
     /// See [`Worker`] for an example.
-    pub async fn build_stateful<W: Worker>(self, init: W::Init) -> Result<StatefulPool<W>> {
+    pub async fn build_stateful<W: Worker>(mut self, init: W::Init) -> Result<StatefulPool<W>> {
+        self.check()?;
         let (bytes, fds) = wire::encode_value(&init)?;
         if !fds.is_empty() {
             return Err(Error::Encode(

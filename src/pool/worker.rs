@@ -84,8 +84,15 @@ fn run_call(kind: JobKind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>,
     }
 }
 
+/// Makes this worker the leader of a process group of its own, before any task runs, so
+/// that the pool can kill whatever a task forked along with the worker.
+fn lead_own_group() {
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+}
+
 /// The main loop of a plain pool's worker.
 pub(crate) fn plain_worker(start: PlainStart) {
+    lead_own_group();
     let PlainStart { mut conn, init } = start;
     if let Some((entry, function, arg)) = init {
         let hello = match run_call(JobKind::Call { entry, function }, &arg, Vec::new()) {
@@ -123,6 +130,7 @@ pub(crate) struct StatefulStart {
 
 /// The main loop of a stateful pool's worker, on a current-thread runtime of its own.
 pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
+    lead_own_group();
     let StatefulStart { mut conn, init } = start;
     let init: W::Init = match wire::decode_payload(&init, Vec::new()) {
         Ok(init) => init,
