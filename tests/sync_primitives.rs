@@ -114,10 +114,13 @@ async fn a_semaphore_limits_concurrency() {
 
 fn hold_permits(args: (Semaphore, Sender<()>)) {
     let (sem, mut ready) = args;
-    sem.acquire_blocking().unwrap().forget();
-    sem.acquire_blocking().unwrap().forget();
+    let held = [
+        sem.acquire_blocking().unwrap(),
+        sem.acquire_blocking().unwrap(),
+    ];
     ready.send_blocking(()).unwrap();
     std::thread::sleep(Duration::from_secs(600));
+    drop(held);
 }
 
 #[tokio::test]

@@ -3,17 +3,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Counted, Notifier, token, watch_owner};
+use super::{NOTIFIER_BYTES, Notifier, Step, deadline_after, token, watch_owner};
 use crate::error::{Error, Result};
+use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
 
+/// Layout of the lock's page.
 const OWNER: usize = 0;
 const WAITERS: usize = 8;
 const POISONED_BY: usize = 12;
+const WAKE: usize = 16;
+const PAGE: usize = 48;
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= PAGE);
 
 /// A lock shared by processes: at most one holder at a time, in any process.
 ///
@@ -23,6 +28,11 @@ const POISONED_BY: usize = 12;
 /// from then on `lock` fails with [`Error::OwnerDied`] until someone who has checked
 /// the guarded data calls [`clear_poison`](Lock::clear_poison) — the rule of std's
 /// `Mutex`, across processes. Python's `multiprocessing.Lock` deadlocks instead.
+///
+/// Every wait comes in four forms (see the crate docs on waiting): [`lock`](Lock::lock),
+/// [`lock_timeout`](Lock::lock_timeout), [`lock_blocking`](Lock::lock_blocking),
+/// [`lock_blocking_timeout`](Lock::lock_blocking_timeout), plus
+/// [`try_lock`](Lock::try_lock), which never waits.
 ///
 /// ```
 /// use multiprocess::{Lock, Value, spawn_process};
@@ -54,7 +64,6 @@ pub struct Lock {
     inner: Arc<Inner>,
 }
 
-#[derive(Serialize, Deserialize)]
 struct Inner {
     page: SharedMemory,
     wake: Notifier,
@@ -63,7 +72,7 @@ struct Inner {
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock")
-            .field("owner_pid", &(self.owner().load(SeqCst) >> 32))
+            .field("owner", &self.owner())
             .field("poisoned", &self.is_poisoned())
             .finish()
     }
@@ -91,8 +100,7 @@ pub struct LockGuard<'a> {
 impl LockGuard<'_> {
     /// Whether this guard holds `lock` (or a handle to the same lock).
     pub(crate) fn is_of(&self, lock: &Lock) -> bool {
-        std::sync::Arc::ptr_eq(&self.lock.inner, &lock.inner)
-            || self.lock.page_id() == lock.page_id()
+        self.lock.same_as(lock)
     }
 }
 
@@ -110,20 +118,24 @@ impl Lock {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new() -> Result<Lock> {
+        let page = SharedMemory::named("multiprocess-lock", PAGE)?;
+        let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Lock {
-            inner: Arc::new(Inner {
-                page: SharedMemory::named("multiprocess-lock", 16)?,
-                wake: Notifier::new()?,
-            }),
+            inner: Arc::new(Inner { page, wake }),
         })
+    }
+
+    /// Whether `other` is a handle to the same lock, in this process or from another.
+    pub(crate) fn same_as(&self, other: &Lock) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner) || self.page_id() == other.page_id()
     }
 
     /// Identifies the lock's shared page, the same in every handle to it.
     fn page_id(&self) -> *const AtomicU64 {
-        self.owner()
+        self.owner_word()
     }
 
-    fn owner(&self) -> &AtomicU64 {
+    fn owner_word(&self) -> &AtomicU64 {
         self.inner.page.atomic(OWNER)
     }
 
@@ -133,6 +145,37 @@ impl Lock {
 
     fn poisoned_by(&self) -> &AtomicU32 {
         self.inner.page.atomic(POISONED_BY)
+    }
+
+    /// Whether some process (this one included) holds the lock right now.
+    ///
+    /// ```
+    /// let lock = multiprocess::Lock::new()?;
+    /// let guard = lock.try_lock()?;
+    /// assert!(lock.is_locked());
+    /// drop(guard);
+    /// assert!(!lock.is_locked());
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn is_locked(&self) -> bool {
+        self.owner_word().load(SeqCst) != 0
+    }
+
+    /// The pid of the process holding the lock right now, if any. A holder that died
+    /// is reported until a waiter notices the death and frees the lock.
+    ///
+    /// ```
+    /// let lock = multiprocess::Lock::new()?;
+    /// assert_eq!(lock.owner(), None);
+    /// let _guard = lock.try_lock()?;
+    /// assert_eq!(lock.owner(), Some(std::process::id()));
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn owner(&self) -> Option<u32> {
+        match self.owner_word().load(SeqCst) {
+            0 => None,
+            holder => Some((holder >> 32) as u32),
+        }
     }
 
     /// Whether a holder died holding the lock (and the poison was not cleared).
@@ -165,7 +208,7 @@ impl Lock {
     }
 
     fn try_take(&self) -> bool {
-        self.owner()
+        self.owner_word()
             .compare_exchange(0, token(), SeqCst, SeqCst)
             .is_ok()
     }
@@ -173,7 +216,7 @@ impl Lock {
     /// Frees the lock from a dead holder, once, and poisons it.
     fn recover(&self, dead: u64) {
         if self
-            .owner()
+            .owner_word()
             .compare_exchange(dead, 0, SeqCst, SeqCst)
             .is_ok()
         {
@@ -188,7 +231,7 @@ impl Lock {
 
     fn release(&self) {
         if self
-            .owner()
+            .owner_word()
             .compare_exchange(token(), 0, SeqCst, SeqCst)
             .is_ok()
             && self.waiters().load(SeqCst) > 0
@@ -197,20 +240,43 @@ impl Lock {
         }
     }
 
+    /// One attempt of the waiting layer: take the lock, or say whose death to watch
+    /// for while waiting for its release.
+    fn step(&self, ignore_poison: bool) -> Result<Step<()>> {
+        self.poison_check(ignore_poison)?;
+        if self.try_take() {
+            return Ok(Step::Ready(()));
+        }
+        let holder = self.owner_word().load(SeqCst);
+        if holder == 0 {
+            return Ok(Step::Again);
+        }
+        match watch_owner(holder)? {
+            None => {
+                self.recover(holder);
+                Ok(Step::Again)
+            }
+            Some(watch) => Ok(Step::Wait(vec![watch])),
+        }
+    }
+
+    fn guard(&self, taken: bool) -> Option<LockGuard<'_>> {
+        // Built only once taken: a guard's drop releases the lock.
+        taken.then(|| LockGuard { lock: self })
+    }
+
     /// Takes the lock without waiting; `Ok(None)` if another holds it.
+    /// `Err(OwnerDied)` if it is poisoned.
     ///
     /// See [`LockGuard`] for an example.
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>> {
         self.poison_check(false)?;
-        // Built only on success: a guard's drop releases the lock.
-        Ok(if self.try_take() {
-            Some(LockGuard { lock: self })
-        } else {
-            None
-        })
+        Ok(self.guard(self.try_take()))
     }
 
     /// Waits for the lock and takes it. `Err(OwnerDied)` if it is poisoned.
+    ///
+    /// Cancel safe: dropped before it returns, it leaves the lock as it was.
     ///
     /// See [`Lock`] for an example.
     pub async fn lock(&self) -> Result<LockGuard<'_>> {
@@ -218,32 +284,43 @@ impl Lock {
         Ok(LockGuard { lock: self })
     }
 
+    /// [`lock`](Self::lock), waiting at most `timeout`: `Ok(None)` if the lock was not
+    /// free in time.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// use std::time::Duration;
+    /// let lock = multiprocess::Lock::new()?;
+    /// let held = lock.lock().await?;
+    /// assert!(lock.lock_timeout(Duration::from_millis(10)).await?.is_none());
+    /// drop(held);
+    /// assert!(lock.lock_timeout(Duration::from_millis(10)).await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
+        let taken = self.acquire_until(false, deadline_after(timeout)).await?;
+        Ok(self.guard(taken))
+    }
+
     pub(crate) async fn acquire(&self, ignore_poison: bool) -> Result<()> {
-        loop {
-            self.poison_check(ignore_poison)?;
-            if self.try_take() {
-                return Ok(());
-            }
-            self.inner.wake.arm()?;
-            let _waiting = Counted::new(self.waiters());
-            let seen = self.inner.wake.observe();
-            if self.try_take() {
-                return Ok(());
-            }
-            let holder = self.owner().load(SeqCst);
-            if holder == 0 {
-                continue;
-            }
-            match watch_owner(holder)? {
-                None => self.recover(holder),
-                Some(watch) => {
-                    self.inner
-                        .wake
-                        .wait(seen, std::slice::from_ref(&watch))
-                        .await?
-                }
-            }
-        }
+        self.acquire_until(ignore_poison, None).await.map(drop)
+    }
+
+    /// Takes the lock, waiting through the reactor until `deadline`; `Ok(false)` if it
+    /// passed first.
+    pub(crate) async fn acquire_until(
+        &self,
+        ignore_poison: bool,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let taken = self
+            .inner
+            .wake
+            .drive(Some(self.waiters()), deadline, || self.step(ignore_poison))
+            .await?;
+        Ok(taken.is_some())
     }
 
     /// Waits for the lock and takes it, blocking the calling thread (for code without a
@@ -255,38 +332,32 @@ impl Lock {
         Ok(LockGuard { lock: self })
     }
 
+    /// [`lock_blocking`](Self::lock_blocking), waiting at most `timeout`: `Ok(None)`
+    /// if the lock was not free in time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let lock = multiprocess::Lock::new()?;
+    /// let held = lock.lock_blocking()?;
+    /// assert!(lock.lock_blocking_timeout(Duration::from_millis(10))?.is_none());
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn lock_blocking_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>> {
+        let taken = self.acquire_blocking(false, deadline_after(timeout))?;
+        Ok(self.guard(taken))
+    }
+
+    /// Takes the lock, blocking until `deadline`; `Ok(false)` if it passed first.
     pub(crate) fn acquire_blocking(
         &self,
         ignore_poison: bool,
         deadline: Option<Instant>,
     ) -> Result<bool> {
-        loop {
-            self.poison_check(ignore_poison)?;
-            if self.try_take() {
-                return Ok(true);
-            }
-            let _waiting = Counted::new(self.waiters());
-            let seen = self.inner.wake.observe();
-            if self.try_take() {
-                return Ok(true);
-            }
-            let holder = self.owner().load(SeqCst);
-            if holder == 0 {
-                continue;
-            }
-            match watch_owner(holder)? {
-                None => self.recover(holder),
-                Some(watch) => {
-                    if !self.inner.wake.wait_blocking(
-                        seen,
-                        std::slice::from_ref(&watch),
-                        deadline,
-                    )? {
-                        return Ok(false);
-                    }
-                }
-            }
-        }
+        let taken = self
+            .inner
+            .wake
+            .drive_blocking(Some(self.waiters()), deadline, || self.step(ignore_poison))?;
+        Ok(taken.is_some())
     }
 
     /// Releases a lock taken by [`acquire`](Self::acquire) without a guard.
@@ -297,14 +368,24 @@ impl Lock {
 
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.inner.serialize(serializer)
+        let wake = self
+            .inner
+            .wake
+            .wake_fd()
+            .map_err(serde::ser::Error::custom)?;
+        (&self.inner.page, wake).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Inner::deserialize(deserializer).map(|inner| Lock {
-            inner: Arc::new(inner),
+        let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
+        if page.len() < PAGE {
+            return Err(serde::de::Error::custom("lock page too small"));
+        }
+        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        Ok(Lock {
+            inner: Arc::new(Inner { page, wake }),
         })
     }
 }

@@ -21,4 +21,7 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
-pub(crate) use notifier::{Counted, Notifier, OwnerWatch, token, watch_owner};
+pub(crate) use notifier::{
+    Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, token, waited_forever,
+    watch_owner,
+};

@@ -25,17 +25,35 @@ use crate::sys;
 /// async waiters through an eventfd that tokio's reactor watches (each notification is
 /// an edge; the eventfd is never drained, so one waiter cannot swallow another's
 /// wake-up), blocking waiters through a futex on the sequence number itself.
+///
+/// Its three words (sequence number and waiter counts) live either in a page of its own
+/// ([`Notifier::new`]) or in its owner's page ([`Notifier::in_page`]), which saves the
+/// owner a descriptor and a mapping.
 pub(crate) struct Notifier {
     fd: ReadableFd,
     seq: SharedMemory,
+    base: usize,
 }
 
-/// Layout of the shared page: the sequence number and how many waiters of each kind.
-/// A waiter is counted before it last looks at the sequence number, so a notification
-/// after that look reaches it.
+/// Layout of the notifier's words, from `base`: the sequence number and how many
+/// waiters of each kind. A waiter is counted before it last looks at the sequence
+/// number, so a notification after that look reaches it.
 const SEQ: usize = 0;
 const BLOCKING_WAITERS: usize = 4;
 const ASYNC_WAITERS: usize = 8;
+/// Bytes a notifier occupies in its owner's page (4-byte aligned).
+pub(crate) const NOTIFIER_BYTES: usize = 12;
+
+/// What one attempt at a wait found: the waiting layer runs such attempts, and waits in
+/// between, through either driver ([`Notifier::drive`], [`Notifier::drive_blocking`]).
+pub(crate) enum Step<T> {
+    /// Done.
+    Ready(T),
+    /// The state changed under the attempt (a dead owner was recovered): try again.
+    Again,
+    /// Wait for a notification, or for one of these owners to die.
+    Wait(Vec<OwnerWatch>),
+}
 
 /// Counts a waiter in a shared word for as long as it waits, cancellation included, so
 /// that whoever changes the state knows whether anyone needs waking.
@@ -66,23 +84,47 @@ impl Notifier {
                 .into();
         Ok(Self::from_parts(
             fd,
-            SharedMemory::named("multiprocess-wake", 12)?,
+            SharedMemory::named("multiprocess-wake", NOTIFIER_BYTES)?,
+            0,
         ))
     }
 
-    fn from_parts(fd: OwnedFd, seq: SharedMemory) -> Notifier {
+    /// A notifier whose words are the [`NOTIFIER_BYTES`] of `page` from `base`: only
+    /// its eventfd is a descriptor of its own.
+    pub(crate) fn in_page(page: &SharedMemory, base: usize) -> Result<Notifier> {
+        let fd: OwnedFd =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(io::Error::from)?
+                .into();
+        Ok(Self::from_parts(fd, page.clone(), base))
+    }
+
+    /// The eventfd, for an owner that sends its page itself and rebuilds the notifier
+    /// with [`from_wake_fd`](Self::from_wake_fd).
+    pub(crate) fn wake_fd(&self) -> io::Result<PassFd> {
+        self.fd.owned().try_clone().map(PassFd)
+    }
+
+    /// The other side of [`wake_fd`](Self::wake_fd): an [`in_page`](Self::in_page)
+    /// notifier received in parts.
+    pub(crate) fn from_wake_fd(fd: PassFd, page: &SharedMemory, base: usize) -> Notifier {
+        Self::from_parts(fd.0, page.clone(), base)
+    }
+
+    fn from_parts(fd: OwnedFd, seq: SharedMemory, base: usize) -> Notifier {
         Notifier {
             fd: ReadableFd::new(fd),
             seq,
+            base,
         }
     }
 
     fn seq(&self) -> &AtomicU32 {
-        self.seq.atomic(SEQ)
+        self.seq.atomic(self.base + SEQ)
     }
 
     fn count(&self, which: usize) -> &AtomicU32 {
-        self.seq.atomic(which)
+        self.seq.atomic(self.base + which)
     }
 
     /// The current sequence number, to pass to `wait` after checking the condition.
@@ -145,6 +187,103 @@ impl Notifier {
         }
     }
 
+    /// [`wait`](Self::wait) until `deadline`; `Ok(false)` if it passed first.
+    async fn wait_until(
+        &self,
+        seen: u32,
+        owners: &[OwnerWatch],
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let Some(deadline) = deadline else {
+            return self.wait(seen, owners).await.map(|()| true);
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(deadline, self.wait(seen, owners)).await {
+            Ok(woken) => woken.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The async driver of the waiting layer: runs `step` until it is ready, waiting
+    /// through tokio's reactor in between. `Ok(None)` once `deadline` has passed (one
+    /// last attempt is made then). `waiters`, if given, counts this waiter from its
+    /// first wait until it returns or is dropped, so that whoever changes the state
+    /// can skip notifying when nobody waits.
+    ///
+    /// Cancel safe as long as `step` is: between attempts nothing is held.
+    pub(crate) async fn drive<T>(
+        &self,
+        waiters: Option<&AtomicU32>,
+        deadline: Option<Instant>,
+        mut step: impl FnMut() -> Result<Step<T>>,
+    ) -> Result<Option<T>> {
+        if let Some(ready) = self.fast_path(&mut step)? {
+            return Ok(Some(ready));
+        }
+        if passed(deadline) {
+            return Ok(None);
+        }
+        self.arm()?;
+        let _counted = waiters.map(Counted::new);
+        loop {
+            let seen = self.observe();
+            match step()? {
+                Step::Ready(ready) => return Ok(Some(ready)),
+                Step::Again => {}
+                Step::Wait(owners) => {
+                    if !self.wait_until(seen, &owners, deadline).await? {
+                        return self.last_attempt(step);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The blocking driver of the waiting layer: [`drive`](Self::drive), waiting with
+    /// a futex (and `poll(2)` on owners' pidfds) instead of the reactor.
+    pub(crate) fn drive_blocking<T>(
+        &self,
+        waiters: Option<&AtomicU32>,
+        deadline: Option<Instant>,
+        mut step: impl FnMut() -> Result<Step<T>>,
+    ) -> Result<Option<T>> {
+        if let Some(ready) = self.fast_path(&mut step)? {
+            return Ok(Some(ready));
+        }
+        if passed(deadline) {
+            return Ok(None);
+        }
+        let _counted = waiters.map(Counted::new);
+        loop {
+            let seen = self.observe();
+            match step()? {
+                Step::Ready(ready) => return Ok(Some(ready)),
+                Step::Again => {}
+                Step::Wait(owners) => {
+                    if !self.wait_blocking(seen, &owners, deadline)? {
+                        return self.last_attempt(step);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attempts until ready or told to wait, without counting as a waiter: the path
+    /// of an uncontended call, and all of a `try_` call.
+    fn fast_path<T>(&self, step: &mut impl FnMut() -> Result<Step<T>>) -> Result<Option<T>> {
+        loop {
+            match step()? {
+                Step::Ready(ready) => return Ok(Some(ready)),
+                Step::Again => {}
+                Step::Wait(_) => return Ok(None),
+            }
+        }
+    }
+
+    fn last_attempt<T>(&self, mut step: impl FnMut() -> Result<Step<T>>) -> Result<Option<T>> {
+        self.fast_path(&mut step)
+    }
+
     /// Blocking form of [`wait`](Self::wait); `Ok(false)` if `deadline` passed first.
     pub(crate) fn wait_blocking(
         &self,
@@ -182,15 +321,38 @@ impl Serialize for Notifier {
             .owned()
             .try_clone()
             .map_err(serde::ser::Error::custom)?;
-        (PassFd(fd), &self.seq).serialize(serializer)
+        (PassFd(fd), &self.seq, self.base as u32).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Notifier {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (PassFd(fd), seq) = <(PassFd, SharedMemory)>::deserialize(deserializer)?;
-        Ok(Notifier::from_parts(fd, seq))
+        let (PassFd(fd), seq, base) = <(PassFd, SharedMemory, u32)>::deserialize(deserializer)?;
+        let base = base as usize;
+        if base % 4 != 0 || base + NOTIFIER_BYTES > seq.len() {
+            return Err(serde::de::Error::custom(
+                "notifier words outside their page",
+            ));
+        }
+        Ok(Notifier::from_parts(fd, seq, base))
     }
+}
+
+/// Whether `deadline` has passed (never, for no deadline).
+pub(crate) fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// The outcome of a wait without deadline, which cannot have timed out.
+pub(crate) fn waited_forever<T>(outcome: Option<T>) -> Result<T> {
+    outcome.ok_or(Error::Timeout {
+        after: Duration::MAX,
+    })
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) if that is beyond any clock.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 /// This process's token: pid in the high half, the low bits of its start time in the
