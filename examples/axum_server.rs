@@ -1,6 +1,12 @@
 //! An axum server whose handlers await CPU-bound work in a process pool, while cheap
 //! endpoints keep answering.
 //!
+//! Two settings keep clients that ask for endless work (`/fib/100` would run for
+//! centuries) from jamming the server: a task timeout, and
+//! `CancelRunning::KillWorker`, so that when a client hangs up (axum then drops its
+//! handler, and with it the task's handle) the worker running its task is killed and
+//! replaced at once instead of working on for nobody.
+//!
 //! ```text
 //! cargo run --release --example axum_server            # serves on 127.0.0.1:3000
 //! curl localhost:3000/fib/40                           # CPU work, in a worker process
@@ -16,7 +22,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use multiprocess::ProcessPool;
+use multiprocess::{CancelRunning, PoolBuilder, ProcessPool};
 
 /// Deliberately slow: exponential time.
 pub fn fib(n: u64) -> u64 {
@@ -35,6 +41,14 @@ async fn fib_handler(
 
 async fn stats_handler(State(pool): State<Arc<ProcessPool>>) -> String {
     format!("{:?}\n", pool.stats())
+}
+
+/// The pool settings a server needs: no task runs longer than a minute, and a task
+/// whose client left is stopped.
+pub fn pool_settings() -> PoolBuilder {
+    ProcessPool::builder()
+        .task_timeout(Duration::from_secs(60))
+        .cancel_running(CancelRunning::KillWorker)
 }
 
 /// The application: `/fib/{n}` runs in the pool, `/health` and `/stats` in the server.
@@ -104,12 +118,7 @@ async fn demo(addr: std::net::SocketAddr, pool: Arc<ProcessPool>) {
 #[cfg_attr(test, allow(dead_code))]
 #[tokio::main]
 async fn main() -> multiprocess::Result<()> {
-    let pool = Arc::new(
-        ProcessPool::builder()
-            .task_timeout(Duration::from_secs(60))
-            .build()
-            .await?,
-    );
+    let pool = Arc::new(pool_settings().build().await?);
     let demo_mode = std::env::args().any(|a| a == "--demo");
     let address = if demo_mode {
         "127.0.0.1:0"

@@ -9,7 +9,10 @@ mod server;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use multiprocess::ProcessPool;
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn health_answers_while_the_pool_is_saturated() {
@@ -45,6 +48,44 @@ async fn health_answers_while_the_pool_is_saturated() {
     }
     serving.abort();
     let _ = serving.await;
+    drop(pool);
+    leaks.finish().await;
+}
+
+/// Sends a request and returns the connection without reading the answer.
+async fn ask(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn clients_that_hang_up_free_their_workers() {
+    let leaks = common::LeakCheck::start().await;
+    let pool = Arc::new(server::pool_settings().workers(2).build().await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(axum::serve(listener, server::app(pool.clone())).into_future());
+
+    // fib(100) would outlast any timeout this test could wait for.
+    let greedy = [ask(addr, "/fib/100").await, ask(addr, "/fib/100").await];
+    common::eventually("both workers busy", || pool.stats().busy == 2).await;
+    drop(greedy);
+
+    let answered = tokio::time::timeout(Duration::from_secs(1), async {
+        let health = server::http_get(addr, "/health").await.unwrap();
+        let fib = server::http_get(addr, "/fib/10").await.unwrap();
+        (health, fib)
+    })
+    .await
+    .expect("the server answered within a second after the greedy clients left");
+    assert_eq!(answered.0, (200, "ok\n".to_string()));
+    assert_eq!(answered.1, (200, "fib(10) = 55\n".to_string()));
+
+    serving.abort();
+    let _ = serving.await;
+    pool.close().await;
     drop(pool);
     leaks.finish().await;
 }

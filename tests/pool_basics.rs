@@ -243,3 +243,46 @@ async fn initializer_runs_in_every_worker() {
     );
     leaks.finish().await;
 }
+
+fn record(seen: multiprocess::Value<u32>) {
+    seen.update(|n| *n += 1);
+}
+
+#[tokio::test]
+async fn detached_tasks_run_to_their_end_and_close_waits_for_them() {
+    let leaks = common::LeakCheck::start().await;
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .queue_capacity(2)
+        .build()
+        .await
+        .unwrap();
+    let seen = multiprocess::Value::new(0u32).unwrap();
+    // More than the queue holds: some wait for room when they are detached.
+    for _ in 0..10 {
+        pool.submit(record, seen.clone()).detach();
+    }
+    pool.close().await;
+    assert_eq!(seen.get(), 10);
+    drop((pool, seen));
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_handle_says_when_its_task_is_finished() {
+    let leaks = common::LeakCheck::start().await;
+    let pool = ProcessPool::new(1).await.unwrap();
+    let handle = pool.submit(square, 5);
+    assert!(
+        format!("{handle:?}").starts_with("TaskHandle"),
+        "{handle:?}"
+    );
+    common::eventually("the task finished", || handle.is_finished()).await;
+    assert_eq!(handle.await.unwrap(), 25);
+    let described = format!("{pool:?}");
+    assert!(described.contains("completed: 1"), "{described}");
+    assert!(format!("{:?}", ProcessPool::builder().workers(3)).contains("workers: 3"));
+    pool.close().await;
+    drop(pool);
+    leaks.finish().await;
+}

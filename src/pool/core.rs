@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::protocol::{FromWorker, Hello, JobData, JobIn, JobOut, Reply};
+use super::protocol::{Encoded, FromWorker, Hello, JobData, JobIn, JobOut, Reply};
 use crate::error::{Error, Result};
 use crate::exit::Signaller;
 use crate::ipc::Connection;
@@ -85,9 +85,18 @@ pub struct PoolStats {
 /// Where a job's answer goes, and the span that follows the job from queue to answer
 /// (its id, then the pid of the worker that runs it).
 struct Waiter {
-    reply: oneshot::Sender<Result<Vec<u8>>>,
+    reply: oneshot::Sender<Result<Encoded>>,
     timeout: Option<Duration>,
     span: tracing::Span,
+    /// Its handle let go of it on purpose: it runs although nobody awaits its answer.
+    detached: bool,
+}
+
+impl Waiter {
+    /// Nobody wants this job any more: its handle was dropped, not detached.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() && !self.detached
+    }
 }
 
 struct Queued {
@@ -352,13 +361,14 @@ impl Core {
         Ok((ours, process, signaller))
     }
 
-    /// Queues a job whose queue place is already reserved.
+    /// Queues a job whose queue place is already reserved (or, for a detached job, that
+    /// needs none: its data is already held).
     pub(crate) fn enqueue(
         &self,
         job: Arc<JobData>,
         timeout: Option<Duration>,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>>>> {
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<oneshot::Receiver<Result<Encoded>>> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.lock();
         if state.closing {
@@ -374,11 +384,12 @@ impl Core {
             reply,
             timeout,
             span,
+            detached: false,
         };
         state.queue.push_back(Queued {
             job,
             waiter,
-            _permit: Some(permit),
+            _permit: permit,
         });
         self.dispatch(&mut state);
         Ok(answer)
@@ -400,7 +411,7 @@ impl Core {
                 break;
             };
             let Queued { job, waiter, .. } = state.queue.pop_front().expect("queue not empty");
-            if waiter.reply.is_closed() {
+            if waiter.abandoned() {
                 continue; // Its handle was dropped while it waited.
             }
             // If the writer is gone the worker is dying; its reader will report the exit
@@ -466,9 +477,10 @@ impl Core {
             // Its last task is done: hanging up makes it exit, and its reader replaces it.
             slot.jobs = None;
         }
+        let fds = reply.fds.into_iter().map(|fd| fd.0).collect();
         let result = reply
             .result
-            .map(|bytes| bytes.into_vec())
+            .map(|bytes| (bytes.into_vec(), fds))
             .map_err(Error::from);
         tracing::trace!(parent: &running.waiter.span, ok = result.is_ok(), "task answered");
         let _ = running.waiter.reply.send(result);
@@ -625,6 +637,21 @@ impl Core {
         self.dispatch(&mut state);
         drop(state);
         self.changed.notify_waiters();
+    }
+
+    /// Lets a job run to its end although its handle goes away.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut state = self.lock();
+        let State { queue, workers, .. } = &mut *state;
+        if let Some(q) = queue.iter_mut().find(|q| q.job.id == id) {
+            q.waiter.detached = true;
+            return;
+        }
+        for slot in workers.iter_mut() {
+            if let Some(r) = slot.window.iter_mut().find(|r| r.job.id == id) {
+                r.waiter.detached = true;
+            }
+        }
     }
 
     /// Removes a waiting job whose handle was dropped, or deals with a running one as

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, TryAcquireError, oneshot};
 
 use self::core::{Config, Core};
-use self::protocol::{Failure, JobData, JobKind};
+use self::protocol::{Encoded, Failure, JobData, JobKind, StartArg};
 use self::worker::{CallEntry, PlainStart, StatefulStart};
 use crate::error::{Error, Result};
 use crate::ipc::wire;
@@ -61,7 +61,7 @@ pub struct PoolBuilder {
     start_method: Option<crate::StartMethod>,
     memory_limit: Option<u64>,
     start_timeout: Duration,
-    init: Option<(i64, i64, serde_bytes::ByteBuf)>,
+    init: Option<(i64, i64, Arc<StartArg>)>,
     init_error: Option<Error>,
 }
 
@@ -240,15 +240,10 @@ impl PoolBuilder {
             entry_offsets(entry as usize, f as usize),
             wire::encode_value(&arg),
         ) {
-            (Ok((entry, function)), Ok((bytes, fds))) if fds.is_empty() => {
-                self.init = Some((entry, function, serde_bytes::ByteBuf::from(bytes)));
+            (Ok((entry, function)), Ok(encoded)) => {
+                self.init = Some((entry, function, Arc::new(StartArg::new(encoded))));
             }
             (Err(e), _) | (_, Err(e)) => self.init_error = Some(e),
-            _ => {
-                self.init_error = Some(Error::Encode(
-                    "an initializer argument cannot carry descriptors".into(),
-                ))
-            }
         }
         self
     }
@@ -296,13 +291,11 @@ impl PoolBuilder {
             self.start_method,
             self.memory_limit,
             move |builder, conn| {
-                builder.spawn(
-                    worker::plain_worker,
-                    PlainStart {
-                        conn,
-                        init: init.clone(),
-                    },
-                )
+                let init = match &init {
+                    Some((entry, function, arg)) => Some((*entry, *function, arg.duplicate()?)),
+                    None => None,
+                };
+                builder.spawn(worker::plain_worker, PlainStart { conn, init })
             },
         );
         let core = Core::new(self.config(spawn));
@@ -317,13 +310,7 @@ impl PoolBuilder {
     /// See [`Worker`] for an example.
     pub async fn build_stateful<W: Worker>(mut self, init: W::Init) -> Result<StatefulPool<W>> {
         self.check()?;
-        let (bytes, fds) = wire::encode_value(&init)?;
-        if !fds.is_empty() {
-            return Err(Error::Encode(
-                "a worker's Init cannot carry descriptors".into(),
-            ));
-        }
-        let init = serde_bytes::ByteBuf::from(bytes);
+        let init = StartArg::new(wire::encode_value(&init)?);
         let spawn = spawner(
             self.name.clone(),
             self.start_method,
@@ -331,7 +318,7 @@ impl PoolBuilder {
             move |builder, conn| {
                 let start = StatefulStart {
                     conn,
-                    init: init.clone(),
+                    init: init.duplicate()?,
                 };
                 builder.spawn_async(worker::stateful_worker::<W>, start)
             },
@@ -809,7 +796,7 @@ fn enqueue_on(
     timeout: Option<Duration>,
     permit: OwnedSemaphorePermit,
 ) -> HandleState {
-    match core.enqueue(job, timeout, permit) {
+    match core.enqueue(job, timeout, Some(permit)) {
         Ok(answer) => HandleState::Queued(answer),
         Err(err) => HandleState::Failed(Some(err)),
     }
@@ -823,7 +810,7 @@ enum HandleState {
         timeout: Option<Duration>,
         room: Acquire,
     },
-    Queued(oneshot::Receiver<Result<Vec<u8>>>),
+    Queued(oneshot::Receiver<Result<Encoded>>),
     Failed(Option<Error>),
 }
 
@@ -867,6 +854,108 @@ impl<R> TaskHandle<R> {
     }
 }
 
+impl<R> TaskHandle<R> {
+    /// Whether the task's outcome is in: awaiting the handle now returns at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = multiprocess::ProcessPool::new(1).await?;
+    /// let handle = pool.submit(|x: u32| x + 1, 1);
+    /// while !handle.is_finished() {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    /// }
+    /// assert_eq!(handle.await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        match &self.state {
+            HandleState::WaitingForRoom { .. } => false,
+            HandleState::Queued(answer) => !answer.is_empty(),
+            HandleState::Failed(_) => true,
+        }
+    }
+
+    /// Lets the task run to its end without awaiting it (Python's `apply_async` with
+    /// the result thrown away): dropping a handle cancels its task, detaching does not,
+    /// and [`ProcessPool::close`] waits for a detached task like any other. A task still
+    /// waiting for room in a full queue is queued at once, past the queue's capacity.
+    ///
+    /// ```
+    /// use multiprocess::{ProcessPool, Value};
+    ///
+    /// fn record(seen: Value<u32>) {
+    ///     seen.set(7);
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::new(1).await?;
+    /// let seen = Value::new(0u32)?;
+    /// pool.submit(record, seen.clone()).detach();
+    /// pool.close().await;
+    /// assert_eq!(seen.get(), 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn detach(mut self) {
+        match std::mem::replace(&mut self.state, HandleState::Failed(None)) {
+            HandleState::Queued(_answer) => self.core.detach(self.id),
+            HandleState::WaitingForRoom { job, timeout, .. } => {
+                // Its data is held already: queuing it past the queue's capacity holds
+                // no more memory than waiting for room would.
+                if let Ok(_answer) = self.core.enqueue(job, timeout, None) {
+                    self.core.detach(self.id);
+                }
+            }
+            HandleState::Failed(_) => {}
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for TaskHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            HandleState::WaitingForRoom { .. } => "waiting for room in the queue",
+            HandleState::Queued(_) if self.is_finished() => "finished",
+            HandleState::Queued(_) => "queued or running",
+            HandleState::Failed(Some(_)) => "failed",
+            HandleState::Failed(None) => "done",
+        };
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("tasks_in_flight_per_worker", &self.window)
+            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .field("task_timeout", &self.task_timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("cancel_running", &self.cancel_running)
+            .field("name", &self.name)
+            .field("start_method", &self.start_method)
+            .field("worker_memory_limit", &self.memory_limit)
+            .field("worker_start_timeout", &self.start_timeout)
+            .field("initializer", &self.init.is_some())
+            .finish()
+    }
+}
+
 impl<R: DeserializeOwned> Future for TaskHandle<R> {
     type Output = Result<R>;
 
@@ -887,7 +976,7 @@ impl<R: DeserializeOwned> Future for TaskHandle<R> {
                 HandleState::Queued(answer) => {
                     let result = match Pin::new(answer).poll(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(Ok(bytes))) => wire::decode_payload(&bytes, Vec::new()),
+                        Poll::Ready(Ok(Ok((bytes, fds)))) => wire::decode_payload(&bytes, fds),
                         Poll::Ready(Ok(Err(err))) => Err(err),
                         // The pool dropped the task without an answer: it is gone.
                         Poll::Ready(Err(_)) => Err(Error::PoolClosed),

@@ -77,11 +77,63 @@ impl From<Failure> for Error {
     }
 }
 
-/// A worker's answer to one job.
+/// A worker's answer to one job: the encoded result and the descriptors it carries
+/// (a `Queue`, `Connection` or `SharedMemory` returned by the task).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Reply {
     pub(crate) id: u64,
     pub(crate) result: Result<serde_bytes::ByteBuf, Failure>,
+    pub(crate) fds: Vec<PassFd>,
+}
+
+/// An encoded value and the descriptors it carries.
+pub(crate) type Encoded = (Vec<u8>, Vec<OwnedFd>);
+
+/// An argument sent to every worker at its start (an initializer's, a stateful
+/// worker's `Init`), with its descriptors; each worker gets its own duplicates.
+pub(crate) struct StartArg {
+    pub(crate) bytes: serde_bytes::ByteBuf,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl StartArg {
+    pub(crate) fn new((bytes, fds): Encoded) -> StartArg {
+        StartArg {
+            bytes: serde_bytes::ByteBuf::from(bytes),
+            fds,
+        }
+    }
+}
+
+impl StartArg {
+    /// A copy for one more worker, with descriptors of its own.
+    pub(crate) fn duplicate(&self) -> crate::Result<StartArg> {
+        let fds = self
+            .fds
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<std::io::Result<_>>()?;
+        Ok(StartArg {
+            bytes: self.bytes.clone(),
+            fds,
+        })
+    }
+}
+
+impl Serialize for StartArg {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&self.bytes, FdsOut(&self.fds)).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StartArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (bytes, fds) = <(serde_bytes::ByteBuf, Vec<PassFd>)>::deserialize(deserializer)?;
+        Ok(StartArg {
+            bytes,
+            fds: fds.into_iter().map(|PassFd(fd)| fd).collect(),
+        })
+    }
 }
 
 /// Sent once by a worker after start-up, before any reply.

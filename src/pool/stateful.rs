@@ -182,6 +182,15 @@ impl<W: Worker> StatefulPool<W> {
     }
 }
 
+impl<W: Worker> std::fmt::Debug for StatefulPool<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatefulPool")
+            .field("worker", &std::any::type_name::<W>())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 impl<W: Worker> Drop for StatefulPool<W> {
     fn drop(&mut self) {
         self.core.kill_all();

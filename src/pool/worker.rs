@@ -8,21 +8,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::protocol::Failure;
+use super::protocol::{Encoded, Failure, StartArg};
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
 use super::stateful::Worker;
 use crate::ipc::{Connection, PassFd, wire};
 use crate::start::{identity, take_last_panic};
 
 /// A call trampoline: decodes the argument, runs the function, encodes the result.
-pub(crate) type CallEntry = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Vec<u8>, Failure>;
+pub(crate) type CallEntry = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Encoded, Failure>;
 
 /// How a plain pool's worker starts.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct PlainStart {
     pub(crate) conn: Connection<FromWorker, JobIn>,
     /// An initializer call (entry, function, argument), run once before any job.
-    pub(crate) init: Option<(i64, i64, serde_bytes::ByteBuf)>,
+    pub(crate) init: Option<(i64, i64, StartArg)>,
 }
 
 fn panic_failure() -> Failure {
@@ -35,15 +35,14 @@ pub(crate) fn call<A: DeserializeOwned, R: Serialize>(
     function: usize,
     payload: &[u8],
     fds: Vec<OwnedFd>,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Encoded, Failure> {
     // SAFETY: the pool took `function` from a `fn(A) -> R` and paired it with this very
     // instantiation of `call::<A, R>`; the worker is the same build (checked at start).
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
     let arg: A = wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
     let value =
         std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())?;
-    let (bytes, _) = wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))?;
-    Ok(bytes)
+    wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))
 }
 
 /// Runs `f` on each element of a chunk; each element fails or succeeds on its own.
@@ -51,7 +50,7 @@ pub(crate) fn call_chunk<A: DeserializeOwned, R: Serialize>(
     function: usize,
     payload: &[u8],
     fds: Vec<OwnedFd>,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Encoded, Failure> {
     // SAFETY: as in `call`, paired with `call_chunk::<A, R>`.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
     let args: Vec<A> =
@@ -62,15 +61,14 @@ pub(crate) fn call_chunk<A: DeserializeOwned, R: Serialize>(
             std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())
         })
         .collect();
-    let (bytes, _) = wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))?;
-    Ok(bytes)
+    wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))
 }
 
 fn fds_of(fds: Vec<PassFd>) -> Vec<OwnedFd> {
     fds.into_iter().map(|PassFd(fd)| fd).collect()
 }
 
-fn run_call(kind: JobKind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Vec<u8>, Failure> {
+fn run_call(kind: JobKind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Encoded, Failure> {
     match kind {
         JobKind::Call { entry, function } => {
             // SAFETY: the pool computed `entry` from a `CallEntry` in this same build.
@@ -95,7 +93,7 @@ pub(crate) fn plain_worker(start: PlainStart) {
     lead_own_group();
     let PlainStart { mut conn, init } = start;
     if let Some((entry, function, arg)) = init {
-        let hello = match run_call(JobKind::Call { entry, function }, &arg, Vec::new()) {
+        let hello = match run_call(JobKind::Call { entry, function }, &arg.bytes, arg.fds) {
             Ok(_) => Hello::Ready,
             Err(failure) => Hello::InitFailed(crate::Error::from(failure).to_string()),
         };
@@ -109,15 +107,25 @@ pub(crate) fn plain_worker(start: PlainStart) {
     // The pool hanging up (end of stream) is the normal way to stop.
     while let Ok(JobIn(id, kind, payload, fds)) = conn.recv_blocking() {
         let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
-        let result = run_call(kind, &payload, fds_of(fds)).map(serde_bytes::ByteBuf::from);
+        let reply = reply_of(id, run_call(kind, &payload, fds_of(fds)));
         // Each answer goes out before the next job starts: should that job kill the
         // worker, every earlier answer has arrived and only that job fails.
-        if conn
-            .send_blocking(FromWorker::Reply(Reply { id, result }))
-            .is_err()
-        {
+        if conn.send_blocking(FromWorker::Reply(reply)).is_err() {
             return;
         }
+    }
+}
+
+/// The answer to job `id`, carrying the descriptors its result holds.
+fn reply_of(id: u64, result: Result<Encoded, Failure>) -> Reply {
+    let (result, fds) = match result {
+        Ok((bytes, fds)) => (Ok(serde_bytes::ByteBuf::from(bytes)), fds),
+        Err(failure) => (Err(failure), Vec::new()),
+    };
+    Reply {
+        id,
+        result,
+        fds: fds.into_iter().map(PassFd).collect(),
     }
 }
 
@@ -125,14 +133,14 @@ pub(crate) fn plain_worker(start: PlainStart) {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct StatefulStart {
     pub(crate) conn: Connection<FromWorker, JobIn>,
-    pub(crate) init: serde_bytes::ByteBuf,
+    pub(crate) init: StartArg,
 }
 
 /// The main loop of a stateful pool's worker, on a current-thread runtime of its own.
 pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
     lead_own_group();
     let StatefulStart { mut conn, init } = start;
-    let init: W::Init = match wire::decode_payload(&init, Vec::new()) {
+    let init: W::Init = match wire::decode_payload(&init.bytes, init.fds) {
         Ok(init) => init,
         Err(e) => {
             let _ = conn
@@ -165,10 +173,7 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
         let result = handle_one(&mut worker, &payload, fds_of(fds))
             .instrument(span)
             .await;
-        let reply = Reply {
-            id,
-            result: result.map(serde_bytes::ByteBuf::from),
-        };
+        let reply = reply_of(id, result);
         if conn.send(FromWorker::Reply(reply)).await.is_err() {
             return;
         }
@@ -179,13 +184,12 @@ async fn handle_one<W: Worker>(
     worker: &mut W,
     payload: &[u8],
     fds: Vec<OwnedFd>,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Encoded, Failure> {
     let request: W::Request =
         wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
     let response = AssertUnwindSafe(worker.handle(request))
         .catch_unwind()
         .await
         .map_err(|_| panic_failure())?;
-    let (bytes, _) = wire::encode_value(&response).map_err(|e| Failure::Encode(e.to_string()))?;
-    Ok(bytes)
+    wire::encode_value(&response).map_err(|e| Failure::Encode(e.to_string()))
 }
