@@ -1,5 +1,7 @@
 //! [`Queue`] and [`JoinableQueue`]: multi-producer, multi-consumer, across processes.
 
+mod frame;
+
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::os::fd::OwnedFd;
@@ -11,10 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::ipc::wire::{self, HEADER_LEN};
+use crate::ipc::wire;
 use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
-use crate::sync::{Counted, Lock, Notifier, token, watch_owner};
+use crate::sync::{Counted, Lock, Notifier, token};
+use frame::{DELIVERED, FrameRead, Pending, RawFrame, WITHDRAWN};
 
 // The queue's shared words, then its ring of messages. Words written by different
 // sides live on different cache lines, so a producer and a consumer running flat out on
@@ -100,6 +103,8 @@ struct Inner {
     space: Notifier,
     data: Notifier,
     done: Notifier,
+    /// This process's messages whose `get` was cancelled mid-frame.
+    pending: Pending,
 }
 
 impl<T> Clone for Queue<T> {
@@ -174,6 +179,7 @@ impl<T> Queue<T> {
                 space: Notifier::new()?,
                 data: Notifier::new()?,
                 done: Notifier::new()?,
+                pending: Pending::default(),
             }),
             _type: PhantomData,
         })
@@ -304,6 +310,11 @@ impl<T> Queue<T> {
         self.inner.data.notify();
         self.inner.space.notify();
         self.inner.done.notify();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.drop_queued();
     }
 
@@ -337,10 +348,7 @@ impl<T> Queue<T> {
                 Some(INLINE) => drop(self.take()),
                 Some(_) if matches!(self.frame_arrived(), Ok(true)) => {
                     self.take();
-                    let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
-                    let frame = read.run_blocking();
-                    read.done = true;
-                    if frame.is_err() {
+                    if self.frame_read().run_blocking().is_err() {
                         return;
                     }
                 }
@@ -378,11 +386,6 @@ impl<T> Queue<T> {
             0 => Ok(()),
             dead => Err(self.break_stream((dead >> 32) as u32)),
         }
-    }
-
-    /// Who owes the frame being read: the consumer waits for its bytes or its death.
-    fn writer_watch(&self) -> WriterWatch<'_> {
-        WriterWatch(self.position(WRITER))
     }
 
     // ---- the ring ----
@@ -488,20 +491,28 @@ impl<T> Queue<T> {
         Some(u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]))
     }
 
-    /// Whether the whole frame of the socket entry at the head has arrived, so that
-    /// reading it takes no waiting. The caller holds the read lock, so the socket's
-    /// unread bytes start with that frame.
+    /// Starts reading the frame of the socket entry just taken; the caller holds the
+    /// read lock.
+    fn frame_read(&self) -> FrameRead<'_> {
+        FrameRead::new(
+            &self.inner.reader,
+            self.position(WRITER),
+            &self.inner.pending,
+        )
+    }
+
+    /// Whether the whole frame of the socket entry at the head has arrived.
     fn frame_arrived(&self) -> Result<bool> {
-        if self.position(WRITER).load(SeqCst) == 0 {
-            // No producer is between its mark and the end of its frame.
-            return Ok(true);
-        }
-        let mut header = [0u8; HEADER_LEN];
-        if self.inner.reader.peek(&mut header)? < HEADER_LEN {
-            return Ok(false);
-        }
-        let len = wire::read_header(&header, wire::DEFAULT_MAX_FRAME_LEN)?.len;
-        Ok(self.inner.reader.unread_len()? >= HEADER_LEN + len)
+        frame::arrived(&self.inner.reader, self.position(WRITER))
+    }
+
+    /// A message of this process whose `get` was cancelled mid-frame: it comes first.
+    fn take_pending(&self) -> Option<RawFrame> {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 
     // ---- places ----
@@ -610,6 +621,17 @@ impl<T> Queue<T> {
         self.is_closed() || self.check_broken().is_err() || self.ring_len() - used >= need as u64
     }
 
+    /// A put cancelled after its frame had begun: the frame goes out marked withdrawn
+    /// and keeps its place until a consumer skips it, but it is no task to wait for.
+    fn withdrawn(&self) {
+        let before = self
+            .word(UNFINISHED)
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            self.inner.done.notify();
+        }
+    }
+
     /// A failed put gives its place back.
     fn unput(&self) {
         // Saturating: `shutdown_immediate` may have zeroed the count meanwhile.
@@ -679,7 +701,8 @@ fn ring_bell(waiters: &AtomicU32, rung: &AtomicU32, bell: &Notifier) {
 
 /// A put between taking its place and finishing: dropped early (a cancelled `put`), it
 /// gives the place back; dropped while its frame is on its way to the socket, it
-/// finishes the frame (blocking: a consumer already expects it).
+/// finishes the frame (blocking: a consumer already expects it), marked withdrawn so
+/// that no consumer takes it: a cancelled `put` has put nothing.
 struct PutInFlight<'a, T> {
     queue: &'a Queue<T>,
     frame: Option<WriteHalf>,
@@ -693,9 +716,14 @@ impl<T> Drop for PutInFlight<'_, T> {
         }
         match self.frame.as_mut() {
             Some(frame) => {
+                // The status byte goes last: unless all was written, it is unsent.
+                let withdrawn = frame.replace_last_unsent(WITHDRAWN);
                 let _ = frame.flush_blocking();
                 self.queue.position(WRITER).store(0, SeqCst);
                 self.queue.inner.write_lock.unlock();
+                if withdrawn {
+                    self.queue.withdrawn();
+                }
             }
             None => self.queue.unput(),
         }
@@ -714,6 +742,7 @@ impl<T: Serialize> Queue<T> {
     fn socket_frame(&self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<WriteHalf> {
         let mut frame = WriteHalf::new(self.inner.writer.clone());
         frame.push_encoded(payload, fds)?;
+        frame.push_raw(&[DELIVERED]);
         Ok(frame)
     }
 
@@ -965,27 +994,24 @@ impl<T: Serialize> Queue<T> {
     }
 }
 
-/// One message taken off the shared stream, not yet decoded.
-struct RawFrame {
-    payload: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
 impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next message, waiting while the queue is empty; [`Error::Closed`] once
     /// it is closed and empty.
     ///
     /// A consumer holds the queue's read lock only while it takes a message, never while
     /// it waits for one, so a consumer killed while it waits costs the others nothing.
-    /// Cancelling `get` loses nothing, except in the middle of a large message read from
-    /// the socket: the stream must stay whole for the other consumers, so that message is
-    /// read to its end and dropped.
+    /// Cancelling `get` loses nothing. A large message whose reading from the socket
+    /// had begun is read to its end (the stream must stay whole for the other
+    /// consumers) and kept for the next `get` in this process.
     ///
     /// See [`Queue`] for an example.
     pub async fn get(&self) -> Result<T> {
         loop {
             self.check_broken()?;
             self.check_shut_down_now()?;
+            if let Some(frame) = self.take_pending() {
+                return self.finish(frame.payload, frame.fds);
+            }
             self.inner.read_lock.acquire(false).await?;
             let unlock = UnlockOnDrop(&self.inner.read_lock);
             self.check_shut_down_now()?;
@@ -995,11 +1021,14 @@ impl<T: DeserializeOwned> Queue<T> {
                     return self.finish(payload, Vec::new());
                 }
                 Taken::OnSocket => {
-                    let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
+                    let mut read = self.frame_read();
                     let frame = read.run().await;
-                    read.done = true;
+                    drop(read);
                     drop(unlock);
-                    return self.finish_frame(frame);
+                    match self.finish_frame(frame) {
+                        Some(got) => return got,
+                        None => continue,
+                    }
                 }
                 Taken::Empty => {
                     drop(unlock);
@@ -1016,29 +1045,29 @@ impl<T: DeserializeOwned> Queue<T> {
         wire::decode_payload(&payload, fds)
     }
 
-    fn finish_frame(&self, frame: Result<Option<RawFrame>>) -> Result<T> {
+    /// The message a socket frame holds; `None` for a withdrawn frame (not a message).
+    fn finish_frame(&self, frame: Result<RawFrame>) -> Option<Result<T>> {
         match frame {
-            Err(Error::OwnerDied { pid }) => Err(self.break_stream(pid)),
-            Ok(Some(frame)) => self.finish(frame.payload, frame.fds),
-            Ok(None) => Err(Error::Protocol(
-                "the queue's stream ended before a marked message".into(),
-            )),
-            Err(err) => Err(err),
+            Err(Error::OwnerDied { pid }) => Some(Err(self.break_stream(pid))),
+            Err(err) => Some(Err(err)),
+            Ok(frame) if frame.withdrawn => None,
+            Ok(frame) => Some(self.finish(frame.payload, frame.fds)),
         }
     }
 
-    /// Takes a message under the read lock, which the caller holds; `None` if the
-    /// ring is empty.
+    /// Takes a message under the read lock, which the caller holds, skipping withdrawn
+    /// frames; `None` if the ring is empty.
     fn take_blocking(&self) -> Result<Option<T>> {
-        match self.take() {
-            Taken::Inline(payload) => self.finish(payload, Vec::new()).map(Some),
-            Taken::OnSocket => {
-                let mut read = FrameRead::new(&self.inner.reader, self.writer_watch());
-                let frame = read.run_blocking();
-                read.done = true;
-                self.finish_frame(frame).map(Some)
+        loop {
+            match self.take() {
+                Taken::Inline(payload) => return self.finish(payload, Vec::new()).map(Some),
+                Taken::OnSocket => {
+                    if let Some(got) = self.finish_frame(self.frame_read().run_blocking()) {
+                        return got.map(Some);
+                    }
+                }
+                Taken::Empty => return Ok(None),
             }
-            Taken::Empty => Ok(None),
         }
     }
 
@@ -1059,6 +1088,9 @@ impl<T: DeserializeOwned> Queue<T> {
     pub fn try_get(&self) -> Result<T> {
         self.check_broken()?;
         self.check_shut_down_now()?;
+        if let Some(frame) = self.take_pending() {
+            return self.finish(frame.payload, frame.fds);
+        }
         if self.ring_is_empty() {
             return Err(self.empty_now());
         }
@@ -1071,10 +1103,18 @@ impl<T: DeserializeOwned> Queue<T> {
         }
         let _unlock = UnlockOnDrop(&self.inner.read_lock);
         self.check_shut_down_now()?;
-        match self.head_kind() {
-            None => Err(self.empty_now()),
-            Some(ON_SOCKET) if !self.frame_arrived()? => Err(Error::Empty),
-            Some(_) => self.take_blocking()?.ok_or(Error::Empty),
+        loop {
+            match self.head_kind() {
+                None => return Err(self.empty_now()),
+                Some(INLINE) => return self.take_blocking()?.ok_or(Error::Empty),
+                Some(_) if !self.frame_arrived()? => return Err(Error::Empty),
+                Some(_) => {
+                    self.take();
+                    if let Some(got) = self.finish_frame(self.frame_read().run_blocking()) {
+                        return got;
+                    }
+                }
+            }
         }
     }
 
@@ -1155,6 +1195,9 @@ impl<T: DeserializeOwned> Queue<T> {
         loop {
             self.check_broken()?;
             self.check_shut_down_now()?;
+            if let Some(frame) = self.take_pending() {
+                return self.finish(frame.payload, frame.fds).map(Some);
+            }
             if !self.inner.read_lock.acquire_blocking(false, deadline)? {
                 return Ok(None);
             }
@@ -1171,214 +1214,6 @@ impl<T: DeserializeOwned> Queue<T> {
             }
             if !self.data_or_close_blocking(deadline)? {
                 return Ok(None);
-            }
-        }
-    }
-}
-
-/// One frame read piece by piece as it arrives. If the read is cancelled part way, the
-/// rest of the frame is read (blocking: it is already on its way) and dropped, so that
-/// the next consumer starts at a frame boundary.
-struct FrameRead<'a> {
-    reader: &'a SocketFd,
-    header: [u8; HEADER_LEN],
-    header_got: usize,
-    payload: Vec<u8>,
-    payload_got: usize,
-    fds: Vec<OwnedFd>,
-    control: Vec<u8>,
-    done: bool,
-    writer: WriterWatch<'a>,
-}
-
-impl<'a> FrameRead<'a> {
-    fn new(reader: &'a SocketFd, writer: WriterWatch<'a>) -> Self {
-        FrameRead {
-            writer,
-            reader,
-            header: [0; HEADER_LEN],
-            header_got: 0,
-            payload: Vec::new(),
-            payload_got: 0,
-            fds: Vec::new(),
-            control: crate::sys::control_buffer(),
-            done: false,
-        }
-    }
-
-    /// One receive into whatever part is missing. `Ok(None)`: end of stream.
-    fn step(&mut self, wait: crate::sys::Wait) -> std::io::Result<Option<usize>> {
-        let target = if self.header_got < HEADER_LEN {
-            &mut self.header[self.header_got..]
-        } else {
-            &mut self.payload[self.payload_got..]
-        };
-        let n = crate::sys::recv_with_fds(
-            self.reader.fd(),
-            target,
-            &mut self.control,
-            &mut self.fds,
-            wait,
-        )?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if self.header_got < HEADER_LEN {
-            self.header_got += n;
-        } else {
-            self.payload_got += n;
-        }
-        Ok(Some(n))
-    }
-
-    fn header_complete(&mut self) -> Result<()> {
-        let parsed = wire::read_header(&self.header, wire::DEFAULT_MAX_FRAME_LEN)?;
-        self.payload = vec![0u8; parsed.len];
-        Ok(())
-    }
-
-    fn complete(&self) -> bool {
-        self.header_got == HEADER_LEN && self.payload_got == self.payload.len()
-    }
-
-    fn take(&mut self) -> RawFrame {
-        RawFrame {
-            payload: std::mem::take(&mut self.payload),
-            fds: std::mem::take(&mut self.fds),
-        }
-    }
-
-    /// Completes a frame, blocking the thread.
-    fn run_blocking(&mut self) -> Result<Option<RawFrame>> {
-        loop {
-            if self.header_got == HEADER_LEN && self.payload.is_empty() && self.payload_got == 0 {
-                self.header_complete()?;
-            }
-            if self.complete() {
-                return Ok(Some(self.take()));
-            }
-            match self.step(crate::sys::Wait::Block) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(Error::Protocol(
-                        "stream ended in the middle of a frame".into(),
-                    ));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.writer.wait_blocking(self.reader)?;
-                }
-                Err(e) => return Err(Error::from_io(e)),
-            }
-        }
-    }
-
-    async fn run(&mut self) -> Result<Option<RawFrame>> {
-        loop {
-            if self.header_got == HEADER_LEN && self.payload.is_empty() && self.payload_got == 0 {
-                self.header_complete()?;
-            }
-            if self.complete() {
-                return Ok(Some(self.take()));
-            }
-            match self.step(crate::sys::Wait::No) {
-                Ok(Some(_)) => {}
-                Ok(None) if self.header_got == 0 => return Ok(None),
-                Ok(None) => {
-                    return Err(Error::Protocol(
-                        "stream ended in the middle of a frame".into(),
-                    ));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.writer.wait(self.reader).await?
-                }
-                Err(e) => return Err(Error::from_io(e)),
-            }
-        }
-    }
-}
-
-impl Drop for FrameRead<'_> {
-    fn drop(&mut self) {
-        if self.done || (self.header_got == 0 && self.payload_got == 0) {
-            return;
-        }
-        tracing::warn!("queue get cancelled in the middle of a message; the message is dropped");
-        while !self.complete() {
-            if self.header_got == HEADER_LEN
-                && self.payload.is_empty()
-                && self.payload_got == 0
-                && self.header_complete().is_err()
-            {
-                return;
-            }
-            if self.complete() {
-                return;
-            }
-            match self.step(crate::sys::Wait::No) {
-                Ok(Some(_)) => {}
-                // Waits for the rest, or for its writer's death.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.writer.wait_blocking(self.reader).is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        }
-    }
-}
-
-/// The producer writing the frame a consumer reads, by its token.
-#[derive(Clone, Copy)]
-struct WriterWatch<'a>(&'a AtomicU64);
-
-impl WriterWatch<'_> {
-    /// Waits until the socket is readable or the writer is gone. A writer that is gone
-    /// while nothing more can be read will never finish its frame: `OwnerDied`.
-    async fn wait(self, reader: &SocketFd) -> Result<()> {
-        let writer = self.0.load(SeqCst);
-        if writer == 0 {
-            // The frame is complete in the socket already.
-            return reader.readable().await;
-        }
-        match watch_owner(writer)? {
-            None if !crate::sys::poll_one(reader.fd(), false, 0)? => Err(Error::OwnerDied {
-                pid: (writer >> 32) as u32,
-            }),
-            None => Ok(()),
-            Some(watch) => {
-                tokio::select! {
-                    ready = reader.readable() => ready,
-                    died = watch.died() => died,
-                }
-            }
-        }
-    }
-
-    fn wait_blocking(self, reader: &SocketFd) -> Result<()> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let writer = self.0.load(SeqCst);
-        let watch = match writer {
-            0 => None,
-            writer => match watch_owner(writer)? {
-                Some(watch) => Some(watch),
-                None if !crate::sys::poll_one(reader.fd(), false, 0)? => {
-                    return Err(Error::OwnerDied {
-                        pid: (writer >> 32) as u32,
-                    });
-                }
-                None => return Ok(()),
-            },
-        };
-        let mut fds = vec![PollFd::new(reader.fd(), PollFlags::POLLIN)];
-        if let Some(watch) = &watch {
-            fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
-        }
-        loop {
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::Io(e.into())),
             }
         }
     }
@@ -1439,6 +1274,7 @@ impl<'de> Deserialize<'de> for Inner {
             space,
             data,
             done,
+            pending: Pending::default(),
         })
     }
 }

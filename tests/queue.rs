@@ -633,3 +633,32 @@ async fn blocking_timeouts_in_a_child() {
     drop((queue, ready, getter));
     leaks.finish().await;
 }
+
+/// The blocking `get` also learns of a producer killed mid-message instead of waiting
+/// forever for the rest of its frame.
+#[tokio::test]
+async fn a_producer_killed_mid_message_ends_a_blocking_get() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut producer = spawn_process(put_huge, queue.clone()).unwrap();
+    let pid = producer.pid();
+    common::eventually("producer blocked mid-message", || {
+        queue.len() == 1 && state_of(pid) == 'S'
+    })
+    .await;
+    let q = queue.clone();
+    let getter = tokio::task::spawn_blocking(move || q.get_blocking().map(|v| v.len()));
+    // Whether the consumer has begun reading or not, it must end with `OwnerDied`.
+    producer.kill().unwrap();
+    assert!(producer.join().await.is_err());
+    let got = tokio::time::timeout(Duration::from_secs(20), getter)
+        .await
+        .expect("get_blocking returned")
+        .unwrap();
+    assert!(
+        matches!(got, Err(Error::OwnerDied { pid: died }) if died == pid),
+        "{got:?}"
+    );
+    drop(queue);
+    leaks.finish().await;
+}

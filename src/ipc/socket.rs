@@ -546,6 +546,22 @@ impl WriteHalf {
         Ok(())
     }
 
+    /// Appends bytes as they are, outside any frame (a trailer the reader expects).
+    pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Replaces the last buffered byte if it is not sent yet; whether it was.
+    pub(crate) fn replace_last_unsent(&mut self, byte: u8) -> bool {
+        match self.buffered() {
+            0 => false,
+            _ => {
+                *self.buf.last_mut().expect("bytes buffered") = byte;
+                true
+            }
+        }
+    }
+
     /// One `sendmsg` of the bytes up to the next frame that carries descriptors.
     /// Returns whether everything offered was taken.
     fn write_once(&mut self, wait: Wait) -> io::Result<bool> {
