@@ -711,3 +711,101 @@ async fn bad_party_counts_are_refused() {
     assert!(matches!(Barrier::new(0), Err(Error::Io(_))));
     assert!(matches!(Barrier::new(u32::MAX), Err(Error::Io(_))));
 }
+
+// More parties than the barrier takes: the extra ones wait for the next round.
+
+#[tokio::test]
+async fn parties_beyond_a_round_wait_for_the_next_one() {
+    let barrier = Barrier::new(2).unwrap();
+    let waits: Vec<_> = (0..6)
+        .map(|_| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move { barrier.wait().await.unwrap() })
+        })
+        .collect();
+    let mut indices = Vec::new();
+    for wait in waits {
+        indices.push(wait.await.unwrap());
+    }
+    indices.sort();
+    assert_eq!(indices, [0, 0, 0, 1, 1, 1]);
+    assert_eq!(barrier.n_waiting(), 0);
+}
+
+#[tokio::test]
+async fn a_wait_dropped_while_the_barrier_is_busy_leaves_no_trace() {
+    let barrier = Barrier::with_action(1, slow_action).unwrap();
+    let releasing = {
+        let barrier = barrier.clone();
+        std::thread::spawn(move || barrier.wait_blocking().unwrap())
+    };
+    while !SLOW_ACTION_RUNNING.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    // The single party is running the action: this wait cannot be counted yet.
+    let busy = tokio::time::timeout(Duration::from_millis(20), barrier.wait()).await;
+    assert!(busy.is_err());
+    assert_eq!(releasing.join().unwrap(), 0);
+    assert!(!barrier.is_broken());
+    assert_eq!(barrier.wait().await.unwrap(), 0);
+}
+
+static SLOW_ACTION_RUNNING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// An action that takes a while, so that waits time out while it runs.
+fn slow_action() {
+    if !SLOW_ACTION_RUNNING.swap(true, SeqCst) {
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
+
+/// An action that outlasts `wait_briefly`'s timeout.
+fn one_second_action() {
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+fn wait_briefly(barrier: Barrier) -> Result<u32, String> {
+    barrier
+        .wait_blocking_timeout(Duration::from_millis(300))
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_timeout_that_passes_while_the_action_runs_does_not_break_the_complete_round() {
+    let leaks = common::LeakCheck::start().await;
+    let barrier = Barrier::with_action(2, one_second_action).unwrap();
+    let first = spawn_process(wait_briefly, barrier.clone()).unwrap();
+    common::eventually("the first party waiting", || barrier.n_waiting() == 1).await;
+    // This party arrives last and runs the action, past the first party's timeout.
+    let mine = barrier.clone();
+    let last = tokio::task::spawn_blocking(move || mine.wait_blocking());
+    assert_eq!(first.await.unwrap().unwrap(), 0, "the round was complete");
+    assert_eq!(last.await.unwrap().unwrap(), 1);
+    assert!(!barrier.is_broken());
+    drop(barrier);
+    leaks.finish().await;
+}
+
+fn die_in_action() {
+    std::process::exit(3);
+}
+
+fn wait_and_die(barrier: Barrier) {
+    let _ = barrier.wait_blocking();
+}
+
+#[tokio::test]
+async fn a_party_that_dies_running_the_action_breaks_the_barrier() {
+    let leaks = common::LeakCheck::start().await;
+    let barrier = Barrier::with_action(2, die_in_action).unwrap();
+    let mine = barrier.clone();
+    let first = tokio::spawn(async move { mine.wait().await });
+    common::eventually("the first party waiting", || barrier.n_waiting() == 1).await;
+    let last = spawn_process(wait_and_die, barrier.clone()).unwrap();
+    assert!(matches!(last.await, Err(Error::Exited { code: 3 })));
+    assert!(is_broken(first.await.unwrap()));
+    assert!(barrier.is_broken());
+    drop(barrier);
+    leaks.finish().await;
+}

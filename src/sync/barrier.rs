@@ -33,6 +33,9 @@ const PARTIES: usize = 8;
 const SLOTS: usize = 16;
 const SLOT_SIZE: usize = 8;
 
+/// How many times a party tries the internal lock before it waits for it.
+const ENTER_SPINS: u32 = 100;
+
 /// The most parties one barrier can have.
 const MAX_PARTIES: u32 = 1 << 16;
 
@@ -185,6 +188,8 @@ struct Party {
 /// What an arrival found.
 enum Arrival {
     Counted(Party),
+    /// Arrived last at a barrier without an action, and released the round at once.
+    Released(u32),
     Broken,
     /// Busy releasing or resetting the round of this generation: try again once it
     /// moves on.
@@ -192,11 +197,19 @@ enum Arrival {
 }
 
 /// Holds the barrier's internal lock.
-struct Held<'a>(&'a Barrier);
+struct Held<'a> {
+    barrier: &'a Barrier,
+    /// The round changed: wake everyone once the lock is free again, so that the
+    /// parties woken do not find it still taken.
+    changed: std::cell::Cell<bool>,
+}
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.inner.guard.unlock();
+        self.barrier.inner.guard.unlock();
+        if self.changed.get() {
+            self.barrier.inner.wake.notify();
+        }
     }
 }
 
@@ -495,26 +508,54 @@ impl Barrier {
         self.inner.page.atomic(SLOTS + SLOT_SIZE * index as usize)
     }
 
-    /// Publishes `round` and wakes everyone who waits on the barrier.
-    fn store(&self, round: Round, _held: &Held<'_>) {
+    /// Publishes `round`; everyone who waits on the barrier is woken when the lock is
+    /// given back.
+    fn store(&self, round: Round, held: &Held<'_>) {
         self.round_word().store(round.pack(), SeqCst);
-        self.inner.wake.notify();
+        held.changed.set(true);
     }
 
     async fn enter(&self) -> Result<Held<'_>> {
-        self.inner.guard.acquire(true).await?;
+        if !self.try_enter() {
+            self.inner.guard.acquire(true).await?;
+        }
         Ok(self.entered())
     }
 
     fn enter_blocking(&self) -> Result<Held<'_>> {
-        self.inner.guard.acquire_blocking(true, None)?;
+        if !self.try_enter() {
+            self.inner.guard.acquire_blocking(true, None)?;
+        }
         Ok(self.entered())
+    }
+
+    /// Takes the internal lock if it comes free within a short spin. It is only ever
+    /// held for a few instructions, while parties of one round tend to arrive together:
+    /// spinning spares most of them the cost of waiting (a pidfd on the holder, a
+    /// wake-up).
+    fn try_enter(&self) -> bool {
+        for _ in 0..ENTER_SPINS {
+            match self.inner.guard.try_lock() {
+                Ok(Some(guard)) => {
+                    // Released by `Held`'s drop, like a lock taken by `acquire`.
+                    std::mem::forget(guard);
+                    return true;
+                }
+                Ok(None) => std::hint::spin_loop(),
+                // Poisoned: `acquire` recovers it.
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The lock is taken. If its last holder died holding it, that process may have
     /// been counted in the round: settle its slots as any dead party's.
     fn entered(&self) -> Held<'_> {
-        let held = Held(self);
+        let held = Held {
+            barrier: self,
+            changed: std::cell::Cell::new(false),
+        };
         if self.inner.guard.is_poisoned() {
             let round = self.round();
             self.clear_dead_slots(round, &held);
@@ -530,23 +571,30 @@ impl Barrier {
             Phase::Releasing | Phase::Resetting => Arrival::Busy,
             Phase::Filling => {
                 let index = round.arrived;
-                self.slot(index).store(token(), SeqCst);
                 let arrived = index + 1;
                 let last = arrived >= self.parties();
+                if last && self.inner.action.is_none() {
+                    self.store(round.next(), held);
+                    return Arrival::Released(index);
+                }
+                self.slot(index).store(token(), SeqCst);
                 let phase = if last {
                     Phase::Releasing
                 } else {
                     Phase::Filling
                 };
-                // Waking the others on an arrival lets them watch the new party.
-                self.store(
-                    Round {
-                        arrived,
-                        phase,
-                        ..round
-                    },
-                    held,
-                );
+                let arrival = Round {
+                    arrived,
+                    phase,
+                    ..round
+                };
+                if index == 0 {
+                    // Nobody waits in this round yet.
+                    self.round_word().store(arrival.pack(), SeqCst);
+                } else {
+                    // Waking the others lets them watch the new party.
+                    self.store(arrival, held);
+                }
                 Arrival::Counted(Party {
                     generation: round.generation,
                     index,
@@ -793,6 +841,7 @@ impl<'a> Waiting<'a> {
                     self.party = Some(party);
                     None
                 }
+                Arrival::Released(index) => Some(Ok(index)),
                 Arrival::Broken => Some(Err(Error::BrokenBarrier)),
                 Arrival::Busy => None,
             },
