@@ -80,6 +80,12 @@ pub struct PoolStats {
     pub respawned: u64,
     /// Workers retired after `max_tasks_per_worker` tasks and replaced.
     pub recycled: u64,
+    /// Workers the pool is short of: being started, or waiting to be tried again after
+    /// a start failed (out of descriptors or processes). Replacements are retried with
+    /// backoff for as long as the pool lives.
+    pub missing: usize,
+    /// Attempts to start a worker that failed.
+    pub start_failures: u64,
 }
 
 /// Where a job's answer goes, and the span that follows the job from queue to answer
@@ -102,6 +108,9 @@ impl Waiter {
 struct Queued {
     job: Arc<JobData>,
     waiter: Waiter,
+    /// When it joined the queue: it fails after the start timeout if no worker could
+    /// be started all that time.
+    since: Instant,
     // A place in the bounded queue, freed when the job leaves it. Jobs put back after
     // their worker died hold none: they were admitted once already.
     _permit: Option<OwnedSemaphorePermit>,
@@ -131,6 +140,11 @@ const BROKEN_STREAM_GRACE: Duration = Duration::from_secs(1);
 /// How long answers a dead worker sent may take to be read, when something other than
 /// the worker (a process it forked) keeps its connection open.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
+/// The first wait before starting a worker again after a failed start, and the most
+/// it grows to.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How long a worker told to exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -217,7 +231,24 @@ struct State {
     // not take an empty `workers` for a finished pool while one is being started.
     starting: usize,
     next_worker: u64,
+    /// Since when starting a worker has kept failing, and the last error.
+    start_failure: Option<(Instant, String)>,
     stats: PoolStats,
+}
+
+impl State {
+    /// Whether a worker that could not be started is still needed.
+    fn wants_worker(&self) -> bool {
+        !self.terminated && self.init_error.is_none() && (!self.closing || !self.queue.is_empty())
+    }
+
+    /// The last start error, while no worker is alive and starting one keeps failing:
+    /// queued tasks then fail once they have waited the start timeout.
+    fn starving(&self) -> Option<&str> {
+        let (_, last) = self.start_failure.as_ref()?;
+        let alive = self.workers.iter().any(|w| w.killed.is_none());
+        (!alive).then_some(last.as_str())
+    }
 }
 
 pub(crate) struct Core {
@@ -245,6 +276,7 @@ impl Core {
                 ever_ready: false,
                 starting: 0,
                 next_worker: 1,
+                start_failure: None,
                 stats: PoolStats::default(),
             }),
             next_job: std::sync::atomic::AtomicU64::new(1),
@@ -283,7 +315,7 @@ impl Core {
     pub(crate) async fn start(self: &Arc<Core>) -> Result<()> {
         for _ in 0..self.config.workers {
             self.lock().starting += 1;
-            self.spawn_worker()?;
+            self.spawn_worker(false).map_err(|(err, _)| err)?;
         }
         tokio::spawn(watchdog(Arc::downgrade(self), self.deadlines.clone()));
         loop {
@@ -304,19 +336,36 @@ impl Core {
     }
 
     /// Starts one worker. The caller has counted it in `starting`, under the same lock
-    /// as its decision to start it.
-    fn spawn_worker(self: &Arc<Core>) -> Result<()> {
+    /// as its decision to start it. A replacement that fails to start stays counted
+    /// there while the pool still needs it, and is tried again later.
+    /// On failure, says whether the worker is to be tried again.
+    fn spawn_worker(self: &Arc<Core>, replacement: bool) -> Result<(), (Error, bool)> {
         let started = self.start_worker_process();
         let mut state = self.lock();
-        state.starting -= 1;
         let (ours, process, signaller) = match started {
             Ok(started) => started,
             Err(err) => {
+                state.stats.start_failures += 1;
+                let retry = replacement && state.wants_worker();
+                if retry {
+                    let message = err.to_string();
+                    match &mut state.start_failure {
+                        Some((_, last)) => *last = message,
+                        None => state.start_failure = Some((Instant::now(), message)),
+                    }
+                } else {
+                    state.starting -= 1;
+                }
                 drop(state);
+                tracing::warn!(error = %err, retry, "could not start a pool worker");
+                // The watchdog fails queued tasks if this lasts too long.
+                self.deadlines.notify_one();
                 self.changed.notify_waiters();
-                return Err(err);
+                return Err((err, retry));
             }
         };
+        state.starting -= 1;
+        state.start_failure = None;
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let pid = process.pid();
         state.next_worker += 1;
@@ -389,8 +438,12 @@ impl Core {
         state.queue.push_back(Queued {
             job,
             waiter,
+            since: Instant::now(),
             _permit: permit,
         });
+        if state.starving().is_some() {
+            self.deadlines.notify_one(); // Arms this job's start-timeout deadline.
+        }
         self.dispatch(&mut state);
         Ok(answer)
     }
@@ -602,6 +655,7 @@ impl Core {
                 state.queue.push_front(Queued {
                     job,
                     waiter,
+                    since: Instant::now(),
                     _permit: None,
                 });
             }
@@ -620,17 +674,9 @@ impl Core {
             replace
         };
         if respawn {
-            if let Err(err) = self.spawn_worker() {
-                tracing::error!(error = %err, "could not start a replacement worker");
-                let mut state = self.lock();
-                if state.workers.is_empty() {
-                    for queued in state.queue.drain(..) {
-                        let _ = queued
-                            .waiter
-                            .reply
-                            .send(Err(Error::Bootstrap(err.to_string())));
-                    }
-                }
+            // A failure is retried in the background; queued tasks wait for it.
+            if let Err((_, true)) = self.spawn_worker(true) {
+                tokio::spawn(retry_start(Arc::downgrade(self)));
             }
         }
         let mut state = self.lock();
@@ -686,6 +732,7 @@ impl Core {
                 .filter(|w| !w.window.is_empty())
                 .count(),
             queued: state.queue.len(),
+            missing: state.starting,
             ..state.stats
         }
     }
@@ -756,11 +803,25 @@ impl Core {
         state.workers.is_empty() && state.starting == 0
     }
 
-    /// Kills workers whose running job is past its deadline; returns the next deadline.
+    /// Kills workers whose running job is past its deadline, and fails queued jobs when
+    /// no worker could be started for too long; returns the next deadline.
     fn enforce_deadlines(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut state = self.lock();
         let mut next: Option<Instant> = None;
+        let limit = self.config.start_timeout;
+        if let Some(last) = state.starving().map(str::to_owned) {
+            let (expired, waiting) = std::mem::take(&mut state.queue)
+                .into_iter()
+                .partition::<VecDeque<_>, _>(|q| q.since + limit <= now);
+            state.queue = waiting;
+            for queued in expired {
+                let _ = queued.waiter.reply.send(Err(Error::Bootstrap(format!(
+                    "no pool worker could be started for {limit:?} (last error: {last})"
+                ))));
+            }
+            next = state.queue.iter().map(|q| q.since + limit).min();
+        }
         for slot in state.workers.iter_mut() {
             if !slot.ready && slot.killed.is_none() {
                 // `head_started` holds the spawn time until the worker is ready.
@@ -788,6 +849,37 @@ impl Core {
             }
         }
         next
+    }
+}
+
+/// Tries again to start a worker that could not be started, with backoff, for as long
+/// as the pool lives and needs it.
+async fn retry_start(core: Weak<Core>) {
+    let mut backoff = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(core) = core.upgrade() else { return };
+        {
+            let mut state = core.lock();
+            if !state.wants_worker() {
+                state.starting -= 1;
+                state.start_failure = None;
+                drop(state);
+                core.changed.notify_waiters();
+                return;
+            }
+        }
+        match core.spawn_worker(true) {
+            Ok(()) => {
+                let mut state = core.lock();
+                core.dispatch(&mut state);
+                drop(state);
+                core.changed.notify_waiters();
+                return;
+            }
+            Err((_, true)) => backoff = (backoff * 2).min(RETRY_MAX),
+            Err((_, false)) => return,
+        }
     }
 }
 

@@ -178,6 +178,12 @@ impl PoolBuilder {
     /// has ever been ready, `build` fails with [`Error::Bootstrap`] instead, since every
     /// replacement would likely do the same.
     ///
+    /// A replacement that cannot be started at all (the process is out of descriptors
+    /// or processes) is tried again with backoff for as long as the pool lives
+    /// ([`PoolStats::missing`] counts it meanwhile). Tasks queued while no worker is
+    /// alive wait for it, and fail with [`Error::Bootstrap`] once they have waited this
+    /// long.
+    ///
     /// ```
     /// let builder = multiprocess::ProcessPool::builder()
     ///     .worker_start_timeout(std::time::Duration::from_secs(300));
