@@ -23,15 +23,18 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::Lock;
-use super::{Notifier, OwnerWatch, token, watch_owner};
+use super::{NOTIFIER_BYTES, Notifier, OwnerWatch, token, watch_owner};
+use crate::ipc::PassFd;
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
 use crate::start::identity;
 
 const ROUND: usize = 0;
 const PARTIES: usize = 8;
-const SLOTS: usize = 16;
+const WAKE: usize = 12;
+const SLOTS: usize = 24;
 const SLOT_SIZE: usize = 8;
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= SLOTS && SLOTS % SLOT_SIZE == 0);
 
 /// How many times a party tries the internal lock before it waits for it.
 const ENTER_SPINS: u32 = 100;
@@ -84,7 +87,6 @@ pub struct Barrier {
     inner: Arc<Inner>,
 }
 
-#[derive(Serialize, Deserialize)]
 struct Inner {
     page: SharedMemory,
     /// Serialises changes to the round word and the slots.
@@ -277,9 +279,9 @@ impl Barrier {
         page.atomic::<AtomicU32>(PARTIES).store(parties, SeqCst);
         Ok(Barrier {
             inner: Arc::new(Inner {
-                page,
                 guard: Lock::new()?,
-                wake: Notifier::new()?,
+                wake: Notifier::in_page(&page, WAKE)?,
+                page,
                 action,
             }),
         })
@@ -945,14 +947,27 @@ fn invalid(message: &str) -> Error {
 
 impl Serialize for Barrier {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.inner.serialize(serializer)
+        let inner = &self.inner;
+        let wake = inner.wake.wake_fd().map_err(serde::ser::Error::custom)?;
+        (&inner.page, &inner.guard, wake, inner.action).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Inner::deserialize(deserializer).map(|inner| Barrier {
-            inner: Arc::new(inner),
+        let (page, guard, wake, action) =
+            <(SharedMemory, Lock, PassFd, Option<Action>)>::deserialize(deserializer)?;
+        if page.len() < SLOTS + SLOT_SIZE {
+            return Err(serde::de::Error::custom("barrier page too small"));
+        }
+        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        Ok(Barrier {
+            inner: Arc::new(Inner {
+                page,
+                guard,
+                wake,
+                action,
+            }),
         })
     }
 }
