@@ -809,3 +809,28 @@ async fn a_party_that_dies_running_the_action_breaks_the_barrier() {
     drop(barrier);
     leaks.finish().await;
 }
+
+// Generations: a fast party starting the next round is never taken for the last one.
+
+fn count_first_arrivals(args: (Barrier, u32)) -> u32 {
+    let (barrier, rounds) = args;
+    (0..rounds)
+        .map(|_| u32::from(barrier.wait_blocking().unwrap() == 0))
+        .sum()
+}
+
+#[tokio::test]
+async fn every_round_of_two_racing_parties_has_one_first_and_one_last() {
+    let leaks = common::LeakCheck::start().await;
+    let rounds = 2000;
+    let barrier = Barrier::new(2).unwrap();
+    let child = spawn_process(count_first_arrivals, (barrier.clone(), rounds)).unwrap();
+    let mut mine = 0;
+    for _ in 0..rounds {
+        mine += u32::from(barrier.wait().await.unwrap() == 0);
+    }
+    assert_eq!(mine + child.await.unwrap(), rounds);
+    assert_eq!(barrier.n_waiting(), 0);
+    drop(barrier);
+    leaks.finish().await;
+}

@@ -240,7 +240,8 @@ impl Barrier {
 
     /// A barrier for `parties` waiters whose last arrival in each round runs `action`
     /// before the round is released, as Python's `Barrier(parties, action)`. The action
-    /// runs in whichever process that party is in. If it panics the barrier breaks: the
+    /// runs in whichever process that party is in, on the thread of its wait (for an
+    /// async wait, a runtime thread: keep it short). If it panics the barrier breaks: the
     /// other parties get [`Error::BrokenBarrier`] and the panic continues in the party
     /// that ran it, as Python re-raises the action's exception there.
     ///
