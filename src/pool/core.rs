@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::claim::{Claim, ClaimBoard};
 use super::protocol::{Encoded, FromWorker, Hello, JobData, JobIn, JobOut, Reply};
 use crate::error::{Error, Result};
 use crate::exit::Signaller;
@@ -24,7 +25,7 @@ use crate::process::Process;
 
 /// Starts one worker process given its end of the pipe.
 pub(crate) type SpawnWorker =
-    Box<dyn Fn(Connection<FromWorker, JobIn>) -> Result<Process<()>> + Send + Sync>;
+    Box<dyn Fn(Connection<FromWorker, JobIn>, ClaimBoard) -> Result<Process<()>> + Send + Sync>;
 
 /// What to do with a task whose handle is dropped while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +50,15 @@ pub(crate) struct Config {
     pub(crate) start_timeout: Duration,
     pub(crate) spawn: SpawnWorker,
 }
+
+/// A worker process just started: its connection, its handle, a way to signal it, and
+/// its claim board.
+type StartedWorker = (
+    Connection<JobOut, FromWorker>,
+    Process<()>,
+    Signaller,
+    ClaimBoard,
+);
 
 /// A snapshot of a pool's counters.
 ///
@@ -119,6 +129,7 @@ struct Queued {
 struct Running {
     job: Arc<JobData>,
     waiter: Waiter,
+    claim: Claim,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,7 +163,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 struct WorkerSlot {
     key: u64,
     pid: u32,
-    jobs: Option<mpsc::UnboundedSender<Arc<JobData>>>,
+    jobs: Option<mpsc::UnboundedSender<(Arc<JobData>, Claim)>>,
+    /// Which of its jobs it has started, shared with it.
+    board: ClaimBoard,
+    tickets: u64,
     signaller: Signaller,
     window: VecDeque<Running>,
     head_deadline: Option<Instant>,
@@ -167,6 +181,25 @@ struct WorkerSlot {
 }
 
 impl WorkerSlot {
+    /// A free cell of its board, and a fresh ticket, for one more job.
+    fn next_claim(&mut self) -> Claim {
+        let cell = (0..self.board.cells())
+            .find(|&c| self.window.iter().all(|r| r.claim.cell as usize != c))
+            .expect("a window never fills its board");
+        self.tickets += 1;
+        let claim = Claim {
+            cell: cell as u32,
+            ticket: self.tickets,
+        };
+        self.board.offer(claim);
+        claim
+    }
+
+    /// Whether it can take a job now.
+    fn open(&self, max: Option<u64>) -> bool {
+        self.ready && self.killed.is_none() && self.jobs.is_some() && !self.retiring(max)
+    }
+
     fn retiring(&self, max: Option<u64>) -> bool {
         max.is_some_and(|max| self.dispatched >= max)
     }
@@ -342,7 +375,7 @@ impl Core {
     fn spawn_worker(self: &Arc<Core>, replacement: bool) -> Result<(), (Error, bool)> {
         let started = self.start_worker_process();
         let mut state = self.lock();
-        let (ours, process, signaller) = match started {
+        let (ours, process, signaller, board) = match started {
             Ok(started) => started,
             Err(err) => {
                 state.stats.start_failures += 1;
@@ -374,6 +407,8 @@ impl Core {
             key,
             pid,
             jobs: Some(jobs_tx),
+            board,
+            tickets: 0,
             signaller,
             window: VecDeque::new(),
             head_deadline: None,
@@ -403,11 +438,12 @@ impl Core {
 
     fn start_worker_process(
         &self,
-    ) -> Result<(Connection<JobOut, FromWorker>, Process<()>, Signaller)> {
+    ) -> Result<StartedWorker> {
         let (ours, theirs) = crate::ipc::pipe::<JobOut, FromWorker>()?;
-        let process = (self.config.spawn)(theirs.retype())?;
+        let board = ClaimBoard::new(2 * self.window())?;
+        let process = (self.config.spawn)(theirs.retype(), board.clone_handle())?;
         let signaller = process.signaller()?;
-        Ok((ours, process, signaller))
+        Ok((ours, process, signaller, board))
     }
 
     /// Queues a job whose queue place is already reserved (or, for a detached job, that
@@ -448,8 +484,51 @@ impl Core {
         Ok(answer)
     }
 
-    /// Hands queued jobs to workers with room in their window, least loaded first.
+    /// Hands queued jobs to workers with room in their window, least loaded first; then
+    /// gives idle workers the jobs other workers hold but have not started.
     fn dispatch(&self, state: &mut State) {
+        self.dispatch_queue(state);
+        while state.queue.is_empty() && self.take_back_for_idle(state) {
+            self.dispatch_queue(state);
+        }
+    }
+
+    /// Takes back a job a busy worker holds behind the one it runs, if a worker is idle;
+    /// puts it at the front of the queue.
+    fn take_back_for_idle(&self, state: &mut State) -> bool {
+        let max = self.config.max_tasks_per_worker;
+        if !state
+            .workers
+            .iter()
+            .any(|w| w.open(max) && w.window.is_empty())
+        {
+            return false;
+        }
+        let Some(donor) = state
+            .workers
+            .iter_mut()
+            .filter(|w| w.window.len() >= 2)
+            .max_by_key(|w| w.window.len())
+        else {
+            return false;
+        };
+        let last = donor.window.back().expect("two jobs or more");
+        if !donor.board.take_back(last.claim) {
+            return false; // It has just started it.
+        }
+        let Running { job, waiter, .. } = donor.window.pop_back().expect("two jobs or more");
+        tracing::trace!(parent: &waiter.span, worker = donor.pid, "task taken back for an idle worker");
+        donor.dispatched -= 1;
+        state.queue.push_front(Queued {
+            job,
+            waiter,
+            since: Instant::now(),
+            _permit: None,
+        });
+        true
+    }
+
+    fn dispatch_queue(&self, state: &mut State) {
         let mut deadline_set = false;
         while !state.queue.is_empty() {
             let max = self.config.max_tasks_per_worker;
@@ -457,7 +536,7 @@ impl Core {
             let Some(slot) = state
                 .workers
                 .iter_mut()
-                .filter(|w| w.ready && w.killed.is_none() && w.jobs.is_some() && !w.retiring(max))
+                .filter(|w| w.open(max))
                 .filter(|w| w.window.len() < w.capacity(fixed))
                 .min_by_key(|w| w.window.len())
             else {
@@ -469,13 +548,14 @@ impl Core {
             }
             // If the writer is gone the worker is dying; its reader will report the exit
             // and the job is settled with the rest of its window.
+            let claim = slot.next_claim();
             if let Some(tx) = &slot.jobs {
-                let _ = tx.send(job.clone());
+                let _ = tx.send((job.clone(), claim));
             }
             waiter.span.record("worker", slot.pid);
             tracing::trace!(parent: &waiter.span, "task dispatched");
             slot.dispatched += 1;
-            slot.window.push_back(Running { job, waiter });
+            slot.window.push_back(Running { job, waiter, claim });
             if slot.window.len() == 1 {
                 slot.set_head_deadline();
                 deadline_set = true;
@@ -647,7 +727,7 @@ impl Core {
                 let _ = head.waiter.reply.send(Err(error));
             }
             // Jobs it had not started go back to the front, in their order.
-            while let Some(Running { job, waiter }) = slot.window.pop_back() {
+            while let Some(Running { job, waiter, .. }) = slot.window.pop_back() {
                 if state.terminated {
                     let _ = waiter.reply.send(Err(Error::PoolClosed));
                     continue;
@@ -895,10 +975,10 @@ fn kill_group(pid: u32) {
 
 async fn feed_worker(
     mut tx: crate::ipc::Sender<JobOut>,
-    mut jobs: mpsc::UnboundedReceiver<Arc<JobData>>,
+    mut jobs: mpsc::UnboundedReceiver<(Arc<JobData>, Claim)>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        if tx.send(JobOut(job)).await.is_err() {
+    while let Some((job, claim)) = jobs.recv().await {
+        if tx.send(JobOut(job, claim)).await.is_err() {
             return;
         }
     }

@@ -1,6 +1,7 @@
 //! [`ProcessPool`]: long-lived worker processes for CPU-bound work awaited from async
 //! code, that heal themselves whatever a task does to its worker.
 
+mod claim;
 mod core;
 mod protocol;
 mod stateful;
@@ -296,12 +297,12 @@ impl PoolBuilder {
             self.name.clone(),
             self.start_method,
             self.memory_limit,
-            move |builder, conn| {
+            move |builder, conn, board| {
                 let init = match &init {
                     Some((entry, function, arg)) => Some((*entry, *function, arg.duplicate()?)),
                     None => None,
                 };
-                builder.spawn(worker::plain_worker, PlainStart { conn, init })
+                builder.spawn(worker::plain_worker, PlainStart { conn, init, board })
             },
         );
         let core = Core::new(self.config(spawn));
@@ -321,10 +322,11 @@ impl PoolBuilder {
             self.name.clone(),
             self.start_method,
             self.memory_limit,
-            move |builder, conn| {
+            move |builder, conn, board| {
                 let start = StatefulStart {
                     conn,
                     init: init.duplicate()?,
+                    board,
                 };
                 builder.spawn_async(worker::stateful_worker::<W>, start)
             },
@@ -350,13 +352,14 @@ where
     F: Fn(
             crate::ProcessBuilder,
             crate::Connection<protocol::FromWorker, protocol::JobIn>,
+            claim::ClaimBoard,
         ) -> Result<Process<()>>
         + Send
         + Sync
         + 'static,
 {
     let counter = AtomicU64::new(1);
-    Box::new(move |conn| {
+    Box::new(move |conn, board| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let mut builder = Process::builder()
             .name(format!("{name}-{n}"))
@@ -368,7 +371,7 @@ where
         if let Some(limit) = memory_limit {
             builder = builder.memory_limit(limit);
         }
-        spawn(builder, conn)
+        spawn(builder, conn, board)
     })
 }
 

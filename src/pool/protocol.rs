@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::claim::Claim;
 use crate::error::Error;
 use crate::ipc::PassFd;
 use crate::ipc::wire::FdsOut;
@@ -32,7 +33,7 @@ pub(crate) struct JobData {
 }
 
 /// The pool's outgoing view of a job; serializes exactly as [`JobIn`] deserializes.
-pub(crate) struct JobOut(pub(crate) Arc<JobData>);
+pub(crate) struct JobOut(pub(crate) Arc<JobData>, pub(crate) Claim);
 
 impl Serialize for JobOut {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -42,6 +43,7 @@ impl Serialize for JobOut {
             job.kind,
             serde_bytes::Bytes::new(&job.payload),
             FdsOut(&job.fds),
+            self.1,
         )
             .serialize(serializer)
     }
@@ -54,6 +56,7 @@ pub(crate) struct JobIn(
     pub(crate) JobKind,
     pub(crate) serde_bytes::ByteBuf,
     pub(crate) Vec<PassFd>,
+    pub(crate) Claim,
 );
 
 /// Why a job failed inside a live worker.

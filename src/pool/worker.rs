@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use super::claim::ClaimBoard;
 use super::protocol::{Encoded, Failure, StartArg};
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
 use super::stateful::Worker;
@@ -23,6 +24,7 @@ pub(crate) struct PlainStart {
     pub(crate) conn: Connection<FromWorker, JobIn>,
     /// An initializer call (entry, function, argument), run once before any job.
     pub(crate) init: Option<(i64, i64, StartArg)>,
+    pub(crate) board: ClaimBoard,
 }
 
 fn panic_failure() -> Failure {
@@ -91,7 +93,11 @@ fn lead_own_group() {
 /// The main loop of a plain pool's worker.
 pub(crate) fn plain_worker(start: PlainStart) {
     lead_own_group();
-    let PlainStart { mut conn, init } = start;
+    let PlainStart {
+        mut conn,
+        init,
+        board,
+    } = start;
     if let Some((entry, function, arg)) = init {
         let hello = match run_call(JobKind::Call { entry, function }, &arg.bytes, arg.fds) {
             Ok(_) => Hello::Ready,
@@ -105,7 +111,10 @@ pub(crate) fn plain_worker(start: PlainStart) {
         return;
     }
     // The pool hanging up (end of stream) is the normal way to stop.
-    while let Ok(JobIn(id, kind, payload, fds)) = conn.recv_blocking() {
+    while let Ok(JobIn(id, kind, payload, fds, claim)) = conn.recv_blocking() {
+        if !board.start(claim) {
+            continue; // Taken back for an idle worker.
+        }
         let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
         let reply = reply_of(id, run_call(kind, &payload, fds_of(fds)));
         // Each answer goes out before the next job starts: should that job kill the
@@ -134,12 +143,17 @@ fn reply_of(id: u64, result: Result<Encoded, Failure>) -> Reply {
 pub(crate) struct StatefulStart {
     pub(crate) conn: Connection<FromWorker, JobIn>,
     pub(crate) init: StartArg,
+    pub(crate) board: ClaimBoard,
 }
 
 /// The main loop of a stateful pool's worker, on a current-thread runtime of its own.
 pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
     lead_own_group();
-    let StatefulStart { mut conn, init } = start;
+    let StatefulStart {
+        mut conn,
+        init,
+        board,
+    } = start;
     let init: W::Init = match wire::decode_payload(&init.bytes, init.fds) {
         Ok(init) => init,
         Err(e) => {
@@ -168,7 +182,10 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
     if conn.send(FromWorker::Hello(Hello::Ready)).await.is_err() {
         return;
     }
-    while let Ok(JobIn(id, _, payload, fds)) = conn.recv().await {
+    while let Ok(JobIn(id, _, payload, fds, claim)) = conn.recv().await {
+        if !board.start(claim) {
+            continue; // Taken back for an idle worker.
+        }
         let span = tracing::debug_span!("task", id, worker = std::process::id());
         let result = handle_one(&mut worker, &payload, fds_of(fds))
             .instrument(span)
