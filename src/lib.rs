@@ -114,10 +114,16 @@
 //! # Waiting, with and without a runtime
 //!
 //! Every call that can wait comes in the same forms: `x` (async), `x_timeout` (async,
-//! [`Error::Timeout`] after the limit), `x_blocking` and `x_blocking_timeout` (for code
-//! without a runtime, such as a plain function in a child), and, where it makes sense,
-//! `try_x`, which never waits: [`Queue::try_put`] and [`Queue::try_get`] fail at once
-//! with [`Error::Full`] / [`Error::Empty`].
+//! bounded), `x_blocking` and `x_blocking_timeout` (for code without a runtime, such as
+//! a plain function in a child), and, where it makes sense, `try_x`, which never waits:
+//! [`Queue::try_put`] and [`Queue::try_get`] fail at once with [`Error::Full`] /
+//! [`Error::Empty`]. Running out of time follows Python: where Python raises (a queue's
+//! `get`/`put`, a connection, a join), the `_timeout` forms fail with
+//! [`Error::Timeout`]; where Python returns a flag, they return it: [`Lock`] and
+//! [`Semaphore`] give `Ok(None)` (what `try_lock`/`try_acquire` give when they cannot
+//! take), [`Event`] gives `Ok(false)`, and [`Condition`] gives the lock guard back with
+//! `true` for "timed out", as std's `Condvar` does. A timed-out or cancelled wait takes
+//! nothing and leaves nothing counted.
 //!
 //! # Guarantees
 //!

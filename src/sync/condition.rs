@@ -1,18 +1,66 @@
 //! [`Condition`]: wait for a change announced by another process, under a [`Lock`].
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
-use super::{Lock, LockGuard, Notifier};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{
+    Lock, LockGuard, NOTIFIER_BYTES, Notifier, Step, deadline_after, is_alive, passed, token,
+};
 use crate::error::{Error, Result};
+use crate::ipc::PassFd;
+use crate::shm::SharedMemory;
+
+/// Layout of the condition's page: the next waiter's ticket, the notifier's words, then
+/// one slot per waiter (its state, its process).
+const NEXT_TICKET: usize = 0;
+const WAKE: usize = 16;
+const SLOTS: usize = 64;
+const SLOT_SIZE: usize = 16;
+const PAGE: usize = 4096;
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= SLOTS);
+/// How many waiters, in all processes, may wait at the same time.
+const MAX_WAITERS: usize = (PAGE - SLOTS) / SLOT_SIZE;
+
+/// A slot's state: free, waiting with a ticket, or woken by a notification issued when
+/// the next ticket was `bound` (so it was meant for a waiter with a smaller ticket).
+const FREE: u64 = 0;
+const WAITING: u64 = 1;
+const WOKEN: u64 = 2;
+
+fn waiting(ticket: u64) -> u64 {
+    (ticket << 2) | WAITING
+}
+
+fn woken(bound: u64) -> u64 {
+    (bound << 2) | WOKEN
+}
+
+fn kind(state: u64) -> u64 {
+    state & 3
+}
+
+fn number(state: u64) -> u64 {
+    state >> 2
+}
 
 /// A condition variable across processes, like Python's `multiprocessing.Condition`:
 /// a [`Lock`] plus the means to wait, with the lock released, until another process
 /// announces a change.
 ///
-/// As with every condition variable, a waiter can wake without a notification meant
-/// for it: wait in a loop on the condition itself ([`wait_while`](Condition::wait_while)
-/// does that). `notify_one` and `notify_all` both wake every waiter; the loop sorts out
-/// who proceeds.
+/// [`notify(n)`](Condition::notify) wakes exactly `n` waiters (fewer if fewer wait),
+/// [`notify_one`](Condition::notify_one) one, [`notify_all`](Condition::notify_all)
+/// every one, as in Python; the longest waiting go first. A waiter only takes a
+/// notification issued after it started waiting. Notify while holding the lock, as
+/// Python requires: then "started waiting" is well defined.
+///
+/// Our additions: every wait has a timeout form and a blocking form (see the crate
+/// docs); a cancelled async wait never leaves the lock held, and a notification that
+/// reached a wait cancelled before it returned passes on to the next eligible waiter
+/// instead of being lost; a waiter whose process died is skipped. At most 252 waiters
+/// may wait at the same time (then [`Error::BoundExceeded`]).
 ///
 /// ```
 /// use multiprocess::{Condition, Value, spawn_process};
@@ -37,10 +85,15 @@ use crate::error::{Error, Result};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone)]
 pub struct Condition {
     lock: Lock,
-    wake: std::sync::Arc<Notifier>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    page: SharedMemory,
+    wake: Notifier,
 }
 
 impl std::fmt::Debug for Condition {
@@ -48,6 +101,70 @@ impl std::fmt::Debug for Condition {
         f.debug_struct("Condition")
             .field("lock", &self.lock)
             .finish()
+    }
+}
+
+/// Where one waiter stands; dropping it before the wait returned withdraws the waiter
+/// or passes its notification on.
+struct Waiter<'a> {
+    cond: &'a Condition,
+    state: WaiterState,
+}
+
+enum WaiterState {
+    Waiting { index: usize, ticket: u64 },
+    Woken { bound: u64 },
+    Done,
+}
+
+impl Waiter<'_> {
+    /// Whether a notification reached this waiter (taking it if so).
+    fn woken(&mut self) -> bool {
+        match self.state {
+            WaiterState::Waiting { index, .. } => {
+                let state = self.cond.slot_state(index).load(SeqCst);
+                if kind(state) != WOKEN {
+                    return false;
+                }
+                self.cond.free(index);
+                self.state = WaiterState::Woken {
+                    bound: number(state),
+                };
+                true
+            }
+            WaiterState::Woken { .. } => true,
+            WaiterState::Done => false,
+        }
+    }
+
+    /// Stops waiting; `true` if a notification reached this waiter meanwhile.
+    fn withdraw(&mut self) -> bool {
+        if let WaiterState::Waiting { index, ticket } = self.state {
+            if self
+                .cond
+                .slot_state(index)
+                .compare_exchange(waiting(ticket), FREE, SeqCst, SeqCst)
+                .is_ok()
+            {
+                self.state = WaiterState::Done;
+                return false;
+            }
+        }
+        self.woken()
+    }
+
+    fn finish(&mut self) {
+        self.state = WaiterState::Done;
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.withdraw() {
+            if let WaiterState::Woken { bound } = self.state {
+                self.cond.wake(1, bound);
+            }
+        }
     }
 }
 
@@ -59,10 +176,130 @@ impl Condition {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new() -> Result<Condition> {
+        Self::with_lock(Lock::new()?)
+    }
+
+    /// A condition over an existing lock, like Python's `Condition(lock)`.
+    ///
+    /// ```
+    /// let lock = multiprocess::Lock::new()?;
+    /// let cond = multiprocess::Condition::with_lock(lock.clone())?;
+    /// let guard = cond.lock_blocking()?;
+    /// assert!(lock.is_locked());
+    /// # drop(guard);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn with_lock(lock: Lock) -> Result<Condition> {
+        let page = SharedMemory::named("multiprocess-condition", PAGE)?;
+        page.atomic::<AtomicU64>(NEXT_TICKET).store(1, SeqCst);
+        let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Condition {
-            lock: Lock::new()?,
-            wake: std::sync::Arc::new(Notifier::new()?),
+            lock,
+            inner: Arc::new(Inner { page, wake }),
         })
+    }
+
+    fn next_ticket(&self) -> &AtomicU64 {
+        self.inner.page.atomic(NEXT_TICKET)
+    }
+
+    fn slot_state(&self, index: usize) -> &AtomicU64 {
+        self.inner.page.atomic(SLOTS + index * SLOT_SIZE)
+    }
+
+    fn slot_owner(&self, index: usize) -> &AtomicU64 {
+        self.inner.page.atomic(SLOTS + index * SLOT_SIZE + 8)
+    }
+
+    fn free(&self, index: usize) {
+        self.slot_owner(index).store(0, SeqCst);
+        self.slot_state(index).store(FREE, SeqCst);
+    }
+
+    /// Takes a ticket and a slot for a new waiter.
+    fn register(&self) -> Result<Waiter<'_>> {
+        let ticket = self.next_ticket().fetch_add(1, SeqCst);
+        let claim = |cond: &Self| {
+            (0..MAX_WAITERS).find(|i| {
+                cond.slot_owner(*i).load(SeqCst) == 0
+                    && cond
+                        .slot_state(*i)
+                        .compare_exchange(FREE, waiting(ticket), SeqCst, SeqCst)
+                        .is_ok()
+            })
+        };
+        let index = match claim(self) {
+            Some(index) => index,
+            None => {
+                self.sweep_dead();
+                claim(self).ok_or_else(|| {
+                    Error::BoundExceeded(format!(
+                        "more than {MAX_WAITERS} waiters on one condition"
+                    ))
+                })?
+            }
+        };
+        self.slot_owner(index).store(token(), SeqCst);
+        Ok(Waiter {
+            cond: self,
+            state: WaiterState::Waiting { index, ticket },
+        })
+    }
+
+    /// Frees the slots of waiters whose process is gone.
+    fn sweep_dead(&self) {
+        for index in 0..MAX_WAITERS {
+            let state = self.slot_state(index).load(SeqCst);
+            let owner = self.slot_owner(index).load(SeqCst);
+            if state != FREE
+                && owner != 0
+                && !is_alive(owner)
+                && self
+                    .slot_state(index)
+                    .compare_exchange(state, FREE, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                self.slot_owner(index).store(0, SeqCst);
+            }
+        }
+    }
+
+    /// Wakes up to `n` of the waiters whose ticket is below `bound`, oldest first,
+    /// skipping waiters whose process died.
+    fn wake(&self, n: usize, bound: u64) {
+        let mut candidates: Vec<(u64, usize)> = (0..MAX_WAITERS)
+            .filter_map(|i| {
+                let state = self.slot_state(i).load(SeqCst);
+                (kind(state) == WAITING && number(state) < bound).then(|| (number(state), i))
+            })
+            .collect();
+        candidates.sort_unstable();
+        let mut woken_count = 0;
+        for (ticket, index) in candidates {
+            if woken_count == n {
+                break;
+            }
+            let owner = self.slot_owner(index).load(SeqCst);
+            let state = self.slot_state(index);
+            if owner != 0 && !is_alive(owner) {
+                if state
+                    .compare_exchange(waiting(ticket), FREE, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    self.slot_owner(index).store(0, SeqCst);
+                }
+                continue;
+            }
+            if state
+                .compare_exchange(waiting(ticket), woken(bound), SeqCst, SeqCst)
+                .is_ok()
+            {
+                woken_count += 1;
+            }
+        }
+        if woken_count > 0 {
+            self.inner.wake.notify();
+        }
     }
 
     /// Takes the condition's lock.
@@ -90,6 +327,9 @@ impl Condition {
 
     /// Releases the lock, waits for a notification, and takes the lock again.
     ///
+    /// Cancel safe: dropped before it returns, it leaves the lock released and passes
+    /// on any notification it had received.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> multiprocess::Result<()> {
@@ -103,24 +343,63 @@ impl Condition {
     /// };
     /// while !waiter.is_finished() {
     ///     tokio::task::yield_now().await;
-    ///     cond.notify_all();
+    ///     let _held = cond.lock().await?;
+    ///     cond.notify_one();
     /// }
     /// # Ok(())
     /// # }
     /// ```
     pub async fn wait<'a>(&'a self, guard: LockGuard<'a>) -> Result<LockGuard<'a>> {
+        let (guard, _) = self.wait_until(guard, None).await?;
+        Ok(guard)
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`. The lock is held again on return
+    /// either way; the `bool` says whether the time ran out without a notification
+    /// (std's `Condvar::wait_timeout`; Python's `wait` returns its negation).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// use std::time::Duration;
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock().await?;
+    /// let (guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(10)).await?;
+    /// assert!(timed_out);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_timeout<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        timeout: Duration,
+    ) -> Result<(LockGuard<'a>, bool)> {
+        self.wait_until(guard, deadline_after(timeout)).await
+    }
+
+    async fn wait_until<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        deadline: Option<Instant>,
+    ) -> Result<(LockGuard<'a>, bool)> {
         self.check(&guard)?;
-        self.wake.arm()?;
-        // Noted while the lock is held, so a notification sent after we release it (by
-        // someone who then took the lock) is not missed.
-        let seen = self.wake.observe();
+        self.inner.wake.arm()?;
+        let mut waiter = self.register()?;
         drop(guard);
-        self.wake.wait(seen, &[]).await?;
-        self.lock.lock().await
+        let notified = self
+            .inner
+            .wake
+            .drive(None, deadline, || Ok(ready_if(waiter.woken())))
+            .await?;
+        let timed_out = notified.is_none() && !waiter.withdraw();
+        let guard = self.lock.lock().await?;
+        waiter.finish();
+        Ok((guard, timed_out))
     }
 
     /// Waits, with the lock released, until `condition` no longer holds; returns with
-    /// the lock held.
+    /// the lock held. Python's `wait_for` with the condition negated.
     ///
     /// See [`Condition`] for an example.
     pub async fn wait_while<'a>(
@@ -134,6 +413,40 @@ impl Condition {
         Ok(guard)
     }
 
+    /// [`wait_while`](Self::wait_while) for at most `timeout`; the `bool` says whether
+    /// the time ran out with `condition` still holding (Python's `wait_for` returns its
+    /// negation).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// use std::time::Duration;
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock().await?;
+    /// let (guard, timed_out) = cond
+    ///     .wait_while_timeout(guard, || true, Duration::from_millis(10))
+    ///     .await?;
+    /// assert!(timed_out);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_while_timeout<'a>(
+        &'a self,
+        mut guard: LockGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+        timeout: Duration,
+    ) -> Result<(LockGuard<'a>, bool)> {
+        let deadline = deadline_after(timeout);
+        while condition() {
+            if passed(deadline) {
+                return Ok((guard, true));
+            }
+            guard = self.wait_until(guard, deadline).await?.0;
+        }
+        Ok((guard, false))
+    }
+
     /// [`wait`](Self::wait), blocking the calling thread.
     ///
     /// ```no_run
@@ -143,28 +456,158 @@ impl Condition {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn wait_blocking<'a>(&'a self, guard: LockGuard<'a>) -> Result<LockGuard<'a>> {
+        let (guard, _) = self.wait_blocking_until(guard, None)?;
+        Ok(guard)
+    }
+
+    /// [`wait_timeout`](Self::wait_timeout), blocking the calling thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock_blocking()?;
+    /// let (guard, timed_out) = cond.wait_blocking_timeout(guard, Duration::from_millis(10))?;
+    /// assert!(timed_out);
+    /// # drop(guard);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn wait_blocking_timeout<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        timeout: Duration,
+    ) -> Result<(LockGuard<'a>, bool)> {
+        self.wait_blocking_until(guard, deadline_after(timeout))
+    }
+
+    fn wait_blocking_until<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        deadline: Option<Instant>,
+    ) -> Result<(LockGuard<'a>, bool)> {
         self.check(&guard)?;
-        let seen = self.wake.observe();
+        let mut waiter = self.register()?;
         drop(guard);
-        self.wake.wait_blocking(seen, &[], None)?;
-        self.lock.lock_blocking()
+        let notified =
+            self.inner
+                .wake
+                .drive_blocking(None, deadline, || Ok(ready_if(waiter.woken())))?;
+        let timed_out = notified.is_none() && !waiter.withdraw();
+        let guard = self.lock.lock_blocking()?;
+        waiter.finish();
+        Ok((guard, timed_out))
+    }
+
+    /// [`wait_while`](Self::wait_while), blocking the calling thread.
+    ///
+    /// ```no_run
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock_blocking()?;
+    /// let guard = cond.wait_while_blocking(guard, || false)?;
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn wait_while_blocking<'a>(
+        &'a self,
+        mut guard: LockGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+    ) -> Result<LockGuard<'a>> {
+        while condition() {
+            guard = self.wait_blocking(guard)?;
+        }
+        Ok(guard)
+    }
+
+    /// [`wait_while_timeout`](Self::wait_while_timeout), blocking the calling thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock_blocking()?;
+    /// let (guard, timed_out) =
+    ///     cond.wait_while_blocking_timeout(guard, || true, Duration::from_millis(10))?;
+    /// assert!(timed_out);
+    /// # drop(guard);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn wait_while_blocking_timeout<'a>(
+        &'a self,
+        mut guard: LockGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+        timeout: Duration,
+    ) -> Result<(LockGuard<'a>, bool)> {
+        let deadline = deadline_after(timeout);
+        while condition() {
+            if passed(deadline) {
+                return Ok((guard, true));
+            }
+            guard = self.wait_blocking_until(guard, deadline)?.0;
+        }
+        Ok((guard, false))
+    }
+
+    /// Wakes up to `n` waiters, in any processes, the longest waiting first: Python's
+    /// `notify(n)`.
+    ///
+    /// ```
+    /// let cond = multiprocess::Condition::new()?;
+    /// let _held = cond.lock_blocking()?;
+    /// cond.notify(2);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn notify(&self, n: usize) {
+        if n > 0 {
+            self.wake(n, self.next_ticket().load(SeqCst));
+        }
+    }
+
+    /// Wakes one waiter, the longest waiting.
+    ///
+    /// ```
+    /// let cond = multiprocess::Condition::new()?;
+    /// let _held = cond.lock_blocking()?;
+    /// cond.notify_one();
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn notify_one(&self) {
+        self.notify(1);
     }
 
     /// Wakes every waiter, in every process.
     ///
     /// See [`Condition`] for an example.
     pub fn notify_all(&self) {
-        self.wake.notify();
+        self.notify(usize::MAX);
     }
+}
 
-    /// Wakes a waiter (in fact every waiter: see [`Condition`]).
-    ///
-    /// ```
-    /// let cond = multiprocess::Condition::new()?;
-    /// cond.notify_one();
-    /// # Ok::<(), multiprocess::Error>(())
-    /// ```
-    pub fn notify_one(&self) {
-        self.wake.notify();
+fn ready_if(woken: bool) -> Step<()> {
+    if woken {
+        Step::Ready(())
+    } else {
+        Step::Wait(Vec::new())
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let wake = self
+            .inner
+            .wake
+            .wake_fd()
+            .map_err(serde::ser::Error::custom)?;
+        (&self.lock, &self.inner.page, wake).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (lock, page, wake) = <(Lock, SharedMemory, PassFd)>::deserialize(deserializer)?;
+        if page.len() < PAGE {
+            return Err(serde::de::Error::custom("condition page too small"));
+        }
+        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        Ok(Condition {
+            lock,
+            inner: Arc::new(Inner { page, wake }),
+        })
     }
 }

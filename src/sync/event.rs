@@ -2,12 +2,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Notifier;
+use super::{NOTIFIER_BYTES, Notifier, Step, deadline_after, waited_forever};
 use crate::error::Result;
+use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
+
+/// Layout of the event's page: the flag, then the notifier's words.
+const FLAG: usize = 0;
+const WAKE: usize = 4;
+const PAGE: usize = WAKE + NOTIFIER_BYTES;
 
 /// A flag shared by processes: [`set`](Event::set) wakes every waiter, in every process.
 ///
@@ -33,7 +40,6 @@ pub struct Event {
     inner: Arc<Inner>,
 }
 
-#[derive(Serialize, Deserialize)]
 struct Inner {
     page: SharedMemory,
     wake: Notifier,
@@ -55,16 +61,23 @@ impl Event {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new() -> Result<Event> {
+        let page = SharedMemory::named("multiprocess-event", PAGE)?;
+        let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Event {
-            inner: Arc::new(Inner {
-                page: SharedMemory::named("multiprocess-event", 8)?,
-                wake: Notifier::new()?,
-            }),
+            inner: Arc::new(Inner { page, wake }),
         })
     }
 
     fn flag(&self) -> &AtomicU32 {
-        self.inner.page.atomic(0)
+        self.inner.page.atomic(FLAG)
+    }
+
+    fn step(&self) -> Result<Step<()>> {
+        Ok(if self.is_set() {
+            Step::Ready(())
+        } else {
+            Step::Wait(Vec::new())
+        })
     }
 
     /// Sets the flag and wakes every waiter.
@@ -102,6 +115,8 @@ impl Event {
 
     /// Waits until the flag is set.
     ///
+    /// Cancel safe: dropping it leaves nothing behind.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> multiprocess::Result<()> {
@@ -112,40 +127,77 @@ impl Event {
     /// # }
     /// ```
     pub async fn wait(&self) -> Result<()> {
-        self.inner.wake.arm()?;
-        loop {
-            let seen = self.inner.wake.observe();
-            if self.is_set() {
-                return Ok(());
-            }
-            self.inner.wake.wait(seen, &[]).await?;
-        }
+        self.wait_until(None).await.and_then(waited_forever)
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`; the flag on return, as Python's
+    /// `wait(timeout)`: `Ok(false)` if it was not set in time.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// use std::time::Duration;
+    /// let event = multiprocess::Event::new()?;
+    /// assert!(!event.wait_timeout(Duration::from_millis(10)).await?);
+    /// event.set();
+    /// assert!(event.wait_timeout(Duration::from_millis(10)).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        let set = self.wait_until(deadline_after(timeout)).await?;
+        Ok(set.is_some())
+    }
+
+    async fn wait_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
+        self.inner.wake.drive(None, deadline, || self.step()).await
     }
 
     /// Waits until the flag is set, blocking the calling thread.
     ///
     /// See [`Event`] for an example.
     pub fn wait_blocking(&self) -> Result<()> {
-        loop {
-            let seen = self.inner.wake.observe();
-            if self.is_set() {
-                return Ok(());
-            }
-            self.inner.wake.wait_blocking(seen, &[], None)?;
-        }
+        self.wait_blocking_until(None).and_then(waited_forever)
+    }
+
+    /// [`wait_timeout`](Self::wait_timeout), blocking the calling thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let event = multiprocess::Event::new()?;
+    /// assert!(!event.wait_blocking_timeout(Duration::from_millis(10))?);
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn wait_blocking_timeout(&self, timeout: Duration) -> Result<bool> {
+        let set = self.wait_blocking_until(deadline_after(timeout))?;
+        Ok(set.is_some())
+    }
+
+    fn wait_blocking_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
+        self.inner.wake.drive_blocking(None, deadline, || self.step())
     }
 }
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.inner.serialize(serializer)
+        let wake = self
+            .inner
+            .wake
+            .wake_fd()
+            .map_err(serde::ser::Error::custom)?;
+        (&self.inner.page, wake).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Inner::deserialize(deserializer).map(|inner| Event {
-            inner: Arc::new(inner),
+        let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
+        if page.len() < PAGE {
+            return Err(serde::de::Error::custom("event page too small"));
+        }
+        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        Ok(Event {
+            inner: Arc::new(Inner { page, wake }),
         })
     }
 }

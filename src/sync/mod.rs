@@ -22,6 +22,6 @@ pub use lock::{Lock, LockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
 pub(crate) use notifier::{
-    Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, token, waited_forever,
-    watch_owner,
+    Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, is_alive, passed, token,
+    waited_forever, watch_owner,
 };

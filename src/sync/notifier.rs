@@ -380,6 +380,25 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the process behind `token` is still running (not exited, not a zombie, its
+/// pid not reused). Reads `/proc` once; no descriptor is kept.
+pub(crate) fn is_alive(token: u64) -> bool {
+    if token == self::token() {
+        return true;
+    }
+    let pid = (token >> 32) as u32;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let running = !matches!(fields.next(), Some("Z" | "X" | "x"));
+    let start = fields.nth(18).and_then(|s| s.parse().ok());
+    running && start.map(|s| make_token(pid, s)) == Some(token)
+}
+
 /// A live owner's pidfd, readable once it has exited.
 pub(crate) enum OwnerWatch {
     /// Registered with the reactor, for async waits.
