@@ -1,12 +1,15 @@
 //! [`Queue`] and [`JoinableQueue`]: multi-producer, multi-consumer, across processes.
 
 mod frame;
+mod joinable;
+mod layout;
+
+pub use joinable::JoinableQueue;
 
 use std::marker::PhantomData;
-use std::ops::Deref;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -18,32 +21,7 @@ use crate::ipc::{PassFd, SocketFd, WriteHalf};
 use crate::shm::SharedMemory;
 use crate::sync::{Counted, Lock, Notifier, token};
 use frame::{DELIVERED, FrameRead, Pending, RawFrame, WITHDRAWN};
-
-// The queue's shared words, then its ring of messages. Words written by different
-// sides live on different cache lines, so a producer and a consumer running flat out on
-// two CPUs do not take each other's lines for words they do not share.
-const CAPACITY: usize = 0;
-/// `OPEN`, `SHUT` (`close`: consumers drain what is queued) or `SHUT_NOW`
-/// (`shutdown_immediate`: nothing more is taken).
-const CLOSED: usize = 4;
-const RING_LEN: usize = 8;
-/// The pid of a producer that died in the middle of a socket frame: the stream is lost.
-const BROKEN: usize = 12;
-const ITEMS: usize = 64;
-const UNFINISHED: usize = 128;
-const HEAD: usize = 192;
-const TAIL: usize = 256;
-/// The token of the producer writing a socket frame, zero between frames.
-const WRITER: usize = 264;
-const DATA_WAITERS: usize = 320;
-const DATA_RUNG: usize = 324;
-const SPACE_WAITERS: usize = 384;
-const SPACE_RUNG: usize = 388;
-const RING: usize = 448;
-
-const OPEN: u32 = 0;
-const SHUT: u32 = 1;
-const SHUT_NOW: u32 = 2;
+use layout::{OPEN, RING, SHUT, SHUT_NOW, Shared};
 
 /// A ring entry: the payload's length, then where the payload is.
 const ENTRY_LEN: usize = 8;
@@ -95,6 +73,7 @@ pub struct Queue<T> {
 }
 
 struct Inner {
+    /// [`Shared`], then the ring.
     state: SharedMemory,
     writer: Arc<SocketFd>,
     reader: Arc<SocketFd>,
@@ -102,9 +81,21 @@ struct Inner {
     read_lock: Lock,
     space: Notifier,
     data: Notifier,
-    done: Notifier,
+    /// Wakes `join` (a `JoinableQueue`'s only: a plain queue spares its descriptors).
+    done: Option<Notifier>,
     /// This process's messages whose `get` was cancelled mid-frame.
     pending: Pending,
+}
+
+impl Inner {
+    fn shared(&self) -> &Shared {
+        let words = self.state.ptr_at(0, RING).cast::<Shared>();
+        // SAFETY: the mapping is page-aligned and holds at least `RING` bytes (checked
+        // by `ptr_at`), it lives as long as `self.state`, and `Shared` is atomics only:
+        // any bytes (zeroes at first) are valid, and other processes change them only
+        // through atomic operations.
+        unsafe { &*words }
+    }
 }
 
 impl<T> Clone for Queue<T> {
@@ -160,16 +151,17 @@ impl<T> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new(capacity: u32) -> Result<Queue<T>> {
+        Self::with_join(capacity, false)
+    }
+
+    /// A queue; with `join`, one whose `unfinished` count can be waited for.
+    fn with_join(capacity: u32, join: bool) -> Result<Queue<T>> {
         let capacity = capacity.max(1);
         // Room for small messages of every place, within sane bounds.
         let ring_len = (capacity as usize).saturating_mul(64).clamp(4096, 1 << 20);
         let state = SharedMemory::named("multiprocess-queue", RING + ring_len)?;
-        state.atomic::<AtomicU32>(CAPACITY).store(capacity, SeqCst);
-        state
-            .atomic::<AtomicU32>(RING_LEN)
-            .store(ring_len as u32, SeqCst);
         let (writer, reader) = crate::sys::stream_socketpair()?;
-        Ok(Queue {
+        let queue = Queue {
             inner: Arc::new(Inner {
                 state,
                 writer: SocketFd::new(writer)?,
@@ -178,26 +170,26 @@ impl<T> Queue<T> {
                 read_lock: Lock::new()?,
                 space: Notifier::new()?,
                 data: Notifier::new()?,
-                done: Notifier::new()?,
+                done: join.then(Notifier::new).transpose()?,
                 pending: Pending::default(),
             }),
             _type: PhantomData,
-        })
+        };
+        let settings = &queue.shared().settings.0;
+        settings.capacity.store(capacity, SeqCst);
+        settings.ring_len.store(ring_len as u32, SeqCst);
+        Ok(queue)
     }
 
-    fn word(&self, offset: usize) -> &AtomicU32 {
-        self.inner.state.atomic(offset)
-    }
-
-    fn position(&self, offset: usize) -> &AtomicU64 {
-        self.inner.state.atomic(offset)
+    fn shared(&self) -> &Shared {
+        self.inner.shared()
     }
 
     /// The most messages the queue holds.
     ///
     /// See [`Queue::new`] for an example.
     pub fn capacity(&self) -> u32 {
-        self.word(CAPACITY).load(SeqCst)
+        self.shared().settings.0.capacity.load(SeqCst)
     }
 
     /// Messages queued (or being put) right now.
@@ -211,7 +203,7 @@ impl<T> Queue<T> {
     pub fn len(&self) -> u32 {
         match self.is_shut_down_now() {
             true => 0,
-            false => self.word(ITEMS).load(SeqCst),
+            false => self.shared().items.0.load(SeqCst),
         }
     }
 
@@ -243,7 +235,7 @@ impl<T> Queue<T> {
     ///
     /// See [`Queue::close`] for an example.
     pub fn is_closed(&self) -> bool {
-        self.word(CLOSED).load(SeqCst) != 0
+        self.shared().settings.0.closed.load(SeqCst) != 0
     }
 
     /// Closes the queue for every handle in every process: `put` fails with
@@ -263,8 +255,7 @@ impl<T> Queue<T> {
     /// # }
     /// ```
     pub fn close(&self) {
-        if self
-            .word(CLOSED)
+        if self.shared().settings.0.closed
             .compare_exchange(OPEN, SHUT, SeqCst, SeqCst)
             .is_ok()
         {
@@ -303,13 +294,13 @@ impl<T> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn shutdown_immediate(&self) {
-        if self.word(CLOSED).swap(SHUT_NOW, SeqCst) == SHUT_NOW {
+        if self.shared().settings.0.closed.swap(SHUT_NOW, SeqCst) == SHUT_NOW {
             return;
         }
-        self.word(UNFINISHED).store(0, SeqCst);
+        self.shared().unfinished.0.store(0, SeqCst);
         self.inner.data.notify();
         self.inner.space.notify();
-        self.inner.done.notify();
+        self.notify_done();
         self.inner
             .pending
             .lock()
@@ -318,9 +309,16 @@ impl<T> Queue<T> {
         self.drop_queued();
     }
 
+    /// Wakes `join`s.
+    fn notify_done(&self) {
+        if let Some(done) = &self.inner.done {
+            done.notify();
+        }
+    }
+
     /// Whether [`shutdown_immediate`](Queue::shutdown_immediate) was called.
     fn is_shut_down_now(&self) -> bool {
-        self.word(CLOSED).load(SeqCst) == SHUT_NOW
+        self.shared().settings.0.closed.load(SeqCst) == SHUT_NOW
     }
 
     /// `Err(Closed)` once the queue was shut down immediately: nothing more is taken.
@@ -359,7 +357,7 @@ impl<T> Queue<T> {
 
     /// `Err(OwnerDied)` once a producer died in the middle of a socket frame.
     fn check_broken(&self) -> Result<()> {
-        match self.word(BROKEN).load(SeqCst) {
+        match self.shared().settings.0.broken.load(SeqCst) {
             0 => Ok(()),
             pid => Err(Error::OwnerDied { pid }),
         }
@@ -370,8 +368,7 @@ impl<T> Queue<T> {
             pid,
             "queue producer died mid-message; the queue is unusable"
         );
-        let _ = self
-            .word(BROKEN)
+        let _ = self.shared().settings.0.broken
             .compare_exchange(0, pid.max(1), SeqCst, SeqCst);
         self.inner.data.notify();
         self.inner.space.notify();
@@ -382,7 +379,7 @@ impl<T> Queue<T> {
     /// finished its frame (a live one clears itself before unlocking).
     fn check_writer(&self) -> Result<()> {
         self.check_broken()?;
-        match self.position(WRITER).load(SeqCst) {
+        match self.shared().tail.0.writer.load(SeqCst) {
             0 => Ok(()),
             dead => Err(self.break_stream((dead >> 32) as u32)),
         }
@@ -391,7 +388,7 @@ impl<T> Queue<T> {
     // ---- the ring ----
 
     fn ring_len(&self) -> u64 {
-        u64::from(self.word(RING_LEN).load(SeqCst))
+        u64::from(self.shared().settings.0.ring_len.load(SeqCst))
     }
 
     fn ring_write(&self, pos: u64, data: &[u8]) {
@@ -416,7 +413,7 @@ impl<T> Queue<T> {
     }
 
     fn ring_is_empty(&self) -> bool {
-        self.position(HEAD).load(SeqCst) == self.position(TAIL).load(SeqCst)
+        self.shared().head.0.load(SeqCst) == self.shared().tail.0.tail.load(SeqCst)
     }
 
     /// Puts a message at the tail. The caller holds the write lock.
@@ -424,8 +421,8 @@ impl<T> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let tail = self.position(TAIL).load(SeqCst);
-        let free = self.ring_len() - (tail - self.position(HEAD).load(SeqCst));
+        let tail = self.shared().tail.0.tail.load(SeqCst);
+        let free = self.ring_len() - (tail - self.shared().head.0.load(SeqCst));
         let (kind, stored) = if inline {
             (INLINE, payload)
         } else {
@@ -437,20 +434,16 @@ impl<T> Queue<T> {
         if kind == ON_SOCKET {
             // Recorded before the mark is visible: a consumer that finds the mark can
             // always tell who owes it the frame.
-            self.position(WRITER).store(token(), SeqCst);
+            self.shared().tail.0.writer.store(token(), SeqCst);
         }
         let mut entry = [0u8; ENTRY_LEN];
         entry[..4].copy_from_slice(&(stored.len() as u32).to_le_bytes());
         entry[4..].copy_from_slice(&kind.to_le_bytes());
         self.ring_write(tail, &entry);
         self.ring_write(tail + ENTRY_LEN as u64, stored);
-        self.position(TAIL)
+        self.shared().tail.0.tail
             .store(tail + (ENTRY_LEN + stored.len()) as u64, SeqCst);
-        ring_bell(
-            self.word(DATA_WAITERS),
-            self.word(DATA_RUNG),
-            &self.inner.data,
-        );
+        ring_bell(&self.shared().data.0, &self.inner.data);
         Ok(match kind {
             INLINE => Placed::InRing,
             _ => Placed::OnSocket,
@@ -459,8 +452,8 @@ impl<T> Queue<T> {
 
     /// Takes the entry at the head. The caller holds the read lock.
     fn take(&self) -> Taken {
-        let head = self.position(HEAD).load(SeqCst);
-        if head == self.position(TAIL).load(SeqCst) {
+        let head = self.shared().head.0.load(SeqCst);
+        if head == self.shared().tail.0.tail.load(SeqCst) {
             return Taken::Empty;
         }
         let mut entry = [0u8; ENTRY_LEN];
@@ -469,7 +462,7 @@ impl<T> Queue<T> {
         let kind = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
         let mut payload = vec![0u8; len];
         self.ring_read(head + ENTRY_LEN as u64, &mut payload);
-        self.position(HEAD)
+        self.shared().head.0
             .store(head + (ENTRY_LEN + len) as u64, SeqCst);
         // Gone from the queue now, even if a cancelled read later drops it.
         self.taken();
@@ -482,8 +475,8 @@ impl<T> Queue<T> {
     /// The kind of the entry at the head, without taking it. The caller holds the
     /// read lock.
     fn head_kind(&self) -> Option<u32> {
-        let head = self.position(HEAD).load(SeqCst);
-        if head == self.position(TAIL).load(SeqCst) {
+        let head = self.shared().head.0.load(SeqCst);
+        if head == self.shared().tail.0.tail.load(SeqCst) {
             return None;
         }
         let mut entry = [0u8; ENTRY_LEN];
@@ -496,14 +489,14 @@ impl<T> Queue<T> {
     fn frame_read(&self) -> FrameRead<'_> {
         FrameRead::new(
             &self.inner.reader,
-            self.position(WRITER),
+            &self.shared().tail.0.writer,
             &self.inner.pending,
         )
     }
 
     /// Whether the whole frame of the socket entry at the head has arrived.
     fn frame_arrived(&self) -> Result<bool> {
-        frame::arrived(&self.inner.reader, self.position(WRITER))
+        frame::arrived(&self.inner.reader, &self.shared().tail.0.writer)
     }
 
     /// A message of this process whose `get` was cancelled mid-frame: it comes first.
@@ -520,7 +513,7 @@ impl<T> Queue<T> {
     /// Takes a place for one message, or says why not.
     fn try_reserve(&self) -> Result<bool> {
         let capacity = self.capacity();
-        let mut items = self.word(ITEMS).load(SeqCst);
+        let mut items = self.shared().items.0.load(SeqCst);
         loop {
             self.check_broken()?;
             if self.is_closed() {
@@ -529,8 +522,7 @@ impl<T> Queue<T> {
             if items >= capacity {
                 return Ok(false);
             }
-            match self
-                .word(ITEMS)
+            match self.shared().items.0
                 .compare_exchange(items, items + 1, SeqCst, SeqCst)
             {
                 Ok(_) => return Ok(true),
@@ -568,13 +560,13 @@ impl<T> Queue<T> {
         match bell {
             Bell::Space => (
                 &self.inner.space,
-                self.word(SPACE_WAITERS),
-                self.word(SPACE_RUNG),
+                &self.shared().space.0.waiters,
+                &self.shared().space.0.rung,
             ),
             Bell::Data => (
                 &self.inner.data,
-                self.word(DATA_WAITERS),
-                self.word(DATA_RUNG),
+                &self.shared().data.0.waiters,
+                &self.shared().data.0.rung,
             ),
         }
     }
@@ -617,39 +609,33 @@ impl<T> Queue<T> {
     }
 
     fn ring_has_room(&self, need: usize) -> bool {
-        let used = self.position(TAIL).load(SeqCst) - self.position(HEAD).load(SeqCst);
+        let used = self.shared().tail.0.tail.load(SeqCst) - self.shared().head.0.load(SeqCst);
         self.is_closed() || self.check_broken().is_err() || self.ring_len() - used >= need as u64
     }
 
     /// A put cancelled after its frame had begun: the frame goes out marked withdrawn
     /// and keeps its place until a consumer skips it, but it is no task to wait for.
     fn withdrawn(&self) {
-        let before = self
-            .word(UNFINISHED)
+        let before = self.shared().unfinished.0
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
         if before == Ok(1) {
-            self.inner.done.notify();
+            self.notify_done();
         }
     }
 
     /// A failed put gives its place back.
     fn unput(&self) {
         // Saturating: `shutdown_immediate` may have zeroed the count meanwhile.
-        let _ = self
-            .word(UNFINISHED)
+        let _ = self.shared().unfinished.0
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
-        self.word(ITEMS).fetch_sub(1, SeqCst);
+        self.shared().items.0.fetch_sub(1, SeqCst);
         self.inner.space.notify();
     }
 
     /// A message left the queue: free its place.
     fn taken(&self) {
-        self.word(ITEMS).fetch_sub(1, SeqCst);
-        ring_bell(
-            self.word(SPACE_WAITERS),
-            self.word(SPACE_RUNG),
-            &self.inner.space,
-        );
+        self.shared().items.0.fetch_sub(1, SeqCst);
+        ring_bell(&self.shared().space.0, &self.inner.space);
     }
 
     /// Whether an empty, closed queue is final: no producer is between its check of
@@ -693,9 +679,9 @@ impl<T> Queue<T> {
 
 /// Wakes the sleepers on `bell`, if any, once per sleep: a sleeper clears `rung` before
 /// it looks again, so producers and consumers working flat out make no system call.
-fn ring_bell(waiters: &AtomicU32, rung: &AtomicU32, bell: &Notifier) {
-    if waiters.load(SeqCst) > 0 && rung.swap(1, SeqCst) == 0 {
-        bell.notify();
+fn ring_bell(bell: &layout::Bell, notifier: &Notifier) {
+    if bell.waiters.load(SeqCst) > 0 && bell.rung.swap(1, SeqCst) == 0 {
+        notifier.notify();
     }
 }
 
@@ -719,7 +705,7 @@ impl<T> Drop for PutInFlight<'_, T> {
                 // The status byte goes last: unless all was written, it is unsent.
                 let withdrawn = frame.replace_last_unsent(WITHDRAWN);
                 let _ = frame.flush_blocking();
-                self.queue.position(WRITER).store(0, SeqCst);
+                self.queue.shared().tail.0.writer.store(0, SeqCst);
                 self.queue.inner.write_lock.unlock();
                 if withdrawn {
                     self.queue.withdrawn();
@@ -736,7 +722,7 @@ impl<T: Serialize> Queue<T> {
     }
 
     fn counted_put(&self) {
-        self.word(UNFINISHED).fetch_add(1, SeqCst);
+        self.shared().unfinished.0.fetch_add(1, SeqCst);
     }
 
     fn socket_frame(&self, payload: &[u8], fds: Vec<OwnedFd>) -> Result<WriteHalf> {
@@ -784,7 +770,7 @@ impl<T: Serialize> Queue<T> {
                 Ok(Placed::OnSocket) => {
                     let frame = flight.frame.insert(frame.take().expect("built for a mark"));
                     let flushed = futures::future::poll_fn(|cx| frame.poll_flush(cx)).await;
-                    self.position(WRITER).store(0, SeqCst);
+                    self.shared().tail.0.writer.store(0, SeqCst);
                     self.inner.write_lock.unlock();
                     flight.settled = true;
                     return flushed;
@@ -839,7 +825,7 @@ impl<T: Serialize> Queue<T> {
                 Ok(Placed::InRing) => return Ok(true),
                 Ok(Placed::OnSocket) => {
                     let flushed = frame.take().expect("built for a mark").flush_blocking();
-                    self.position(WRITER).store(0, SeqCst);
+                    self.shared().tail.0.writer.store(0, SeqCst);
                     return flushed.map(|()| true);
                 }
                 Ok(Placed::NoRoom) => {
@@ -927,7 +913,7 @@ impl<T: Serialize> Queue<T> {
                     Ok(false) => frame.flush_blocking(),
                     Err(err) => Err(err),
                 };
-                self.position(WRITER).store(0, SeqCst);
+                self.shared().tail.0.writer.store(0, SeqCst);
                 flushed
             }
         }
@@ -1260,7 +1246,7 @@ impl<'de> Deserialize<'de> for Inner {
             Lock,
             Notifier,
             Notifier,
-            Notifier,
+            Option<Notifier>,
         );
         let (state, PassFd(writer), PassFd(reader), write_lock, read_lock, space, data, done) =
             Parts::deserialize(deserializer)?;
@@ -1291,194 +1277,5 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             inner: Arc::new(inner),
             _type: PhantomData,
         })
-    }
-}
-
-/// A [`Queue`] that also counts unfinished messages, like Python's `JoinableQueue`:
-/// every `put` adds one, [`task_done`](JoinableQueue::task_done) takes one away, and
-/// [`join`](JoinableQueue::join) waits until none is left. Dereferences to [`Queue`].
-///
-/// ```
-/// use multiprocess::{JoinableQueue, spawn_process};
-///
-/// fn worker(q: JoinableQueue<u32>) {
-///     while let Ok(_job) = q.get_blocking() {
-///         q.task_done().unwrap();
-///     }
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> multiprocess::Result<()> {
-/// let q = JoinableQueue::new(8)?;
-/// let child = spawn_process(worker, q.clone())?;
-/// for job in 0..20 {
-///     q.put(job).await?;
-/// }
-/// q.join().await?;
-/// q.close();
-/// child.await?;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct JoinableQueue<T> {
-    queue: Queue<T>,
-}
-
-impl<T> Clone for JoinableQueue<T> {
-    fn clone(&self) -> Self {
-        JoinableQueue {
-            queue: self.queue.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for JoinableQueue<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinableQueue")
-            .field("queue", &self.queue)
-            .field("unfinished", &self.unfinished())
-            .finish()
-    }
-}
-
-impl<T> Deref for JoinableQueue<T> {
-    type Target = Queue<T>;
-
-    fn deref(&self) -> &Queue<T> {
-        &self.queue
-    }
-}
-
-impl<T> JoinableQueue<T> {
-    /// A joinable queue holding at most `capacity` messages.
-    ///
-    /// See [`JoinableQueue`] for an example.
-    pub fn new(capacity: u32) -> Result<JoinableQueue<T>> {
-        Ok(JoinableQueue {
-            queue: Queue::new(capacity)?,
-        })
-    }
-
-    /// Messages put but not yet marked done.
-    ///
-    /// ```
-    /// let q = multiprocess::JoinableQueue::new(2)?;
-    /// q.put_blocking(1u8)?;
-    /// assert_eq!(q.unfinished(), 1);
-    /// # Ok::<(), multiprocess::Error>(())
-    /// ```
-    pub fn unfinished(&self) -> u32 {
-        self.queue.word(UNFINISHED).load(SeqCst)
-    }
-
-    /// Marks one message as processed. More calls than messages put is
-    /// [`Error::BoundExceeded`], except after
-    /// [`shutdown_immediate`](Queue::shutdown_immediate), which zeroes the count while
-    /// messages taken before it may still be in hand.
-    ///
-    /// See [`JoinableQueue`] for an example.
-    pub fn task_done(&self) -> Result<()> {
-        let unfinished = self.queue.word(UNFINISHED);
-        let mut now = unfinished.load(SeqCst);
-        loop {
-            if now == 0 && self.queue.is_shut_down_now() {
-                // Messages taken before the count was zeroed may still be marked done.
-                return Ok(());
-            }
-            if now == 0 {
-                return Err(Error::BoundExceeded(
-                    "task_done called more times than put".into(),
-                ));
-            }
-            match unfinished.compare_exchange(now, now - 1, SeqCst, SeqCst) {
-                Ok(_) => break,
-                Err(actual) => now = actual,
-            }
-        }
-        if now == 1 {
-            self.queue.inner.done.notify();
-        }
-        Ok(())
-    }
-
-    /// Waits until every message put has been marked done.
-    ///
-    /// See [`JoinableQueue`] for an example.
-    pub async fn join(&self) -> Result<()> {
-        self.queue.inner.done.arm()?;
-        loop {
-            let seen = self.queue.inner.done.observe();
-            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
-                return Ok(());
-            }
-            self.queue.inner.done.wait(seen, &[]).await?;
-        }
-    }
-
-    /// Waits until every message put has been marked done, blocking the calling thread.
-    ///
-    /// ```
-    /// let q = multiprocess::JoinableQueue::<u8>::new(2)?;
-    /// q.join_blocking()?;
-    /// # Ok::<(), multiprocess::Error>(())
-    /// ```
-    pub fn join_blocking(&self) -> Result<()> {
-        self.join_blocking_until(None).map(drop)
-    }
-
-    /// [`join`](Self::join) with a time limit: [`Error::Timeout`] if messages are
-    /// still unfinished after `timeout`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> multiprocess::Result<()> {
-    /// let q = multiprocess::JoinableQueue::new(2)?;
-    /// q.put(1u8).await?;
-    /// let waited = q.join_timeout(Duration::from_millis(10)).await;
-    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.join())
-            .await
-            .unwrap_or(Err(Error::Timeout { after: timeout }))
-    }
-
-    /// [`join_blocking`](Self::join_blocking) with a time limit: [`Error::Timeout`] if
-    /// messages are still unfinished after `timeout`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let q = multiprocess::JoinableQueue::new(2)?;
-    /// q.put_blocking(1u8)?;
-    /// let waited = q.join_blocking_timeout(Duration::from_millis(10));
-    /// assert!(matches!(waited, Err(multiprocess::Error::Timeout { .. })));
-    /// q.get_blocking()?;
-    /// q.task_done()?;
-    /// q.join_blocking_timeout(Duration::from_millis(10))?;
-    /// # Ok::<(), multiprocess::Error>(())
-    /// ```
-    pub fn join_blocking_timeout(&self, timeout: Duration) -> Result<()> {
-        match self.join_blocking_until(Some(Instant::now() + timeout))? {
-            true => Ok(()),
-            false => Err(Error::Timeout { after: timeout }),
-        }
-    }
-
-    /// `Ok(false)` if `deadline` passed first.
-    fn join_blocking_until(&self, deadline: Option<Instant>) -> Result<bool> {
-        loop {
-            let seen = self.queue.inner.done.observe();
-            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
-                return Ok(true);
-            }
-            if !self.queue.inner.done.wait_blocking(seen, &[], deadline)? {
-                return Ok(false);
-            }
-        }
     }
 }

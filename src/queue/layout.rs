@@ -1,0 +1,65 @@
+//! The queue's shared memory: its words, then its ring of messages.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A value on a cache line of its own.
+#[repr(C, align(64))]
+pub(super) struct Line<T>(pub(super) T);
+
+/// The words every handle of a queue shares, at the start of its shared memory; the
+/// ring follows at [`RING`]. Words written by different sides live on different cache
+/// lines, so a producer and a consumer running flat out on two CPUs do not take each
+/// other's lines for words they do not share.
+#[repr(C)]
+pub(super) struct Shared {
+    pub(super) settings: Line<Settings>,
+    /// Messages queued or being put: places taken.
+    pub(super) items: Line<AtomicU32>,
+    /// Messages put and not yet marked done (`JoinableQueue`).
+    pub(super) unfinished: Line<AtomicU32>,
+    /// Where consumers take the next entry, in bytes since the start.
+    pub(super) head: Line<AtomicU64>,
+    pub(super) tail: Line<Tail>,
+    /// Consumers asleep for a message.
+    pub(super) data: Line<Bell>,
+    /// Producers asleep for room.
+    pub(super) space: Line<Bell>,
+}
+
+/// Words set once, or rarely.
+#[repr(C)]
+pub(super) struct Settings {
+    pub(super) capacity: AtomicU32,
+    /// `OPEN`, `SHUT` or `SHUT_NOW`.
+    pub(super) closed: AtomicU32,
+    pub(super) ring_len: AtomicU32,
+    /// The pid of a producer that died in the middle of a socket frame: the stream is
+    /// lost.
+    pub(super) broken: AtomicU32,
+}
+
+/// The producers' words.
+#[repr(C)]
+pub(super) struct Tail {
+    /// Where producers place the next entry, in bytes since the start.
+    pub(super) tail: AtomicU64,
+    /// The token of the producer writing a socket frame, zero between frames.
+    pub(super) writer: AtomicU64,
+}
+
+/// How many sleep on one side, and whether they were rung since they last looked.
+#[repr(C)]
+pub(super) struct Bell {
+    pub(super) waiters: AtomicU32,
+    pub(super) rung: AtomicU32,
+}
+
+/// Where the ring starts.
+pub(super) const RING: usize = std::mem::size_of::<Shared>();
+
+/// `closed`: open.
+pub(super) const OPEN: u32 = 0;
+/// `closed`: `close` or `shutdown`; consumers drain what is queued.
+pub(super) const SHUT: u32 = 1;
+/// `closed`: `shutdown_immediate`; nothing more is taken.
+pub(super) const SHUT_NOW: u32 = 2;
