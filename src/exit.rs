@@ -72,7 +72,11 @@ pub(crate) struct ExitWatch {
     pid: u32,
     exit: Option<Exit>,
     kind: Option<Kind>,
+    // Its entry in the list of active children (0: none).
+    listed: u64,
 }
+
+
 
 /// How a child of ours ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +179,9 @@ impl ExitWatch {
     }
 
     fn watching(pid: u32, pidfd: Option<OwnedFd>) -> ExitWatch {
+        // Made with the first child rather than when a handle is first asked for it,
+        // so that the process's descriptor count does not grow later.
+        let _ = sys::always_readable();
         let kind = match (reaper(), pidfd) {
             (Reaper::Pidfd, Some(pidfd)) => Kind::Pidfd(Pidfd {
                 raw: Some(pidfd),
@@ -186,6 +193,7 @@ impl ExitWatch {
             pid,
             exit: None,
             kind: Some(kind),
+            listed: 0,
         }
     }
 
@@ -194,6 +202,28 @@ impl ExitWatch {
             pid,
             exit: Some(Exit::ReapedElsewhere),
             kind: None,
+            listed: 0,
+        }
+    }
+
+    /// Lists the child among the active children under `name` until it is reaped.
+    pub(crate) fn list_as(&mut self, name: &str) {
+        if self.exit.is_none() {
+            self.listed = active::add(self.pid, name);
+        }
+    }
+
+    /// Takes the child off the list of active children (the fork server's zygote).
+    pub(crate) fn unlist(&mut self) {
+        active::remove(self.pid, std::mem::take(&mut self.listed));
+    }
+
+    /// The child's pidfd, until it is reaped. `None` where the kernel has no pidfds.
+    pub(crate) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.kind {
+            Some(Kind::Pidfd(pidfd)) => Some(pidfd.fd()),
+            Some(Kind::Sigchld(slot)) => slot.pidfd.as_ref().map(|fd| fd.as_fd()),
+            None => None,
         }
     }
 
@@ -240,6 +270,7 @@ impl ExitWatch {
         if let Some(Kind::Sigchld(slot)) = self.kind.take() {
             registry().forget(self.pid, &slot);
         }
+        self.unlist();
     }
 
     /// Polls for the child's exit.
@@ -352,6 +383,7 @@ impl Drop for ExitWatch {
             pid: self.pid,
             exit: None,
             kind: Some(kind),
+            listed: std::mem::take(&mut self.listed),
         };
         adopt_orphan(orphan);
     }
@@ -443,6 +475,42 @@ pub(crate) fn reap_orphans() {
         // Only the orphans: awaited children are the driver's business, and sweeping
         // them all on every spawn would make spawning n children cost n² waitpids.
         registry().sweep(true);
+    }
+}
+
+/// Our children that have not been reaped, with their names, for `active_children`.
+pub(crate) mod active {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    // pid -> (entry, name). The entry tells a recycled pid's new child from the old.
+    static LIST: Mutex<BTreeMap<u32, (u64, String)>> = Mutex::new(BTreeMap::new());
+
+    fn list() -> std::sync::MutexGuard<'static, BTreeMap<u32, (u64, String)>> {
+        LIST.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn add(pid: u32, name: &str) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let entry = NEXT.fetch_add(1, Ordering::Relaxed);
+        list().insert(pid, (entry, name.to_string()));
+        entry
+    }
+
+    pub(crate) fn remove(pid: u32, entry: u64) {
+        let mut list = list();
+        if entry != 0 && list.get(&pid).is_some_and(|(e, _)| *e == entry) {
+            list.remove(&pid);
+        }
+    }
+
+    /// `(pid, name)` of every child listed.
+    pub(crate) fn snapshot() -> Vec<(u32, String)> {
+        list()
+            .iter()
+            .map(|(pid, (_, name))| (*pid, name.clone()))
+            .collect()
     }
 }
 

@@ -174,7 +174,10 @@ pub use ipc::{
 pub use pool::{
     CancelRunning, PoolBuilder, PoolStats, ProcessPool, StatefulPool, TaskHandle, Worker,
 };
-pub use process::{Command, Process, ProcessBuilder, StartMethod, spawn_process};
+pub use process::{
+    ActiveChild, Command, CurrentProcess, Process, ProcessBuilder, StartMethod, active_children,
+    current_process, spawn_process,
+};
 pub use queue::{JoinableQueue, Queue};
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
 pub use sync::{

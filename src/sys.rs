@@ -4,7 +4,7 @@
 //! `unsafe`. Every descriptor handed out is an [`OwnedFd`] with `FD_CLOEXEC` set.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
@@ -111,6 +111,46 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatu
         return Ok(None);
     }
     Ok(Some(status_from_siginfo(code, status)))
+}
+
+/// Whether our child `pid` has exited (reaped or not: `WNOWAIT` leaves a zombie for its
+/// watch to collect). A pid that is no child of ours any more counts as exited.
+pub(crate) fn child_has_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data, zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: P_PID with a pointer to a live siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: waitid filled `info` or left it zeroed.
+            return unsafe { info.si_pid() } != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+}
+
+/// A descriptor that is always readable, standing for a child that has ended when no
+/// pidfd of it exists. One for the whole process.
+pub(crate) fn always_readable() -> BorrowedFd<'static> {
+    static FD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    FD.get_or_init(|| {
+        let fd = nix::sys::eventfd::EventFd::from_value_and_flags(
+            1,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+        )
+        .expect("an eventfd: the process is out of descriptors");
+        OwnedFd::from(fd)
+    })
+    .as_fd()
 }
 
 /// Asks whether the process behind `pidfd` is an exited child of ours without reaping

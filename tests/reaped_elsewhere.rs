@@ -83,6 +83,7 @@ async fn join_returns_the_result_of_a_child_reaped_elsewhere() {
         Err(Error::ReapedElsewhere { .. })
     ));
     assert!(program.kill().is_ok());
+    drop((function, program));
     leaks.finish().await;
 }
 

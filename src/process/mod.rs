@@ -2,10 +2,13 @@
 
 mod builder;
 mod command;
+mod current;
 mod options;
 
 pub use builder::ProcessBuilder;
 pub use command::Command;
+pub use current::{ActiveChild, CurrentProcess, active_children, current_process};
+pub(crate) use current::set_name as set_current_name;
 pub(crate) use options::Options;
 pub use options::StartMethod;
 
@@ -131,6 +134,8 @@ impl Process<()> {
         options: &Options,
         stdio: command::ChildStdio,
     ) -> Process<()> {
+        let mut watch = watch;
+        watch.list_as(&name);
         Process {
             name,
             watch,
@@ -151,9 +156,11 @@ impl Process<()> {
 
 impl<R> Process<R> {
     pub(crate) fn from_function(name: String, spawned: Spawned, options: &Options) -> Process<R> {
+        let mut watch = spawned.watch;
+        watch.list_as(&name);
         Process {
             name,
-            watch: spawned.watch,
+            watch,
             control: Some(spawned.control),
             outcome: None,
             joined: false,
@@ -208,6 +215,50 @@ impl<R> Process<R> {
     /// ```
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.watch.status()
+    }
+
+    /// How the child ended, as Python's `Process.exitcode`: `None` while it runs (or
+    /// if another part of the program reaped it, see [`exit_status`](Self::exit_status)),
+    /// its exit code if it exited, the negated signal number if a signal killed it.
+    ///
+    /// ```
+    /// fn forever(_: ()) {
+    ///     loop { std::thread::park(); }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(forever, ())?;
+    /// assert_eq!(child.exitcode(), None);
+    /// child.kill()?;
+    /// let _ = child.join().await;
+    /// assert_eq!(child.exitcode(), Some(-libc::SIGKILL));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn exitcode(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.watch.status()?;
+        status.code().or_else(|| status.signal().map(|signal| -signal))
+    }
+
+    /// The child's pidfd until it is reaped: readable once the child has exited, to
+    /// wait on with any event loop (`poll`, `epoll`, tokio's `AsyncFd`). `None` once
+    /// the child has been reaped (its descriptor is closed then, so that a program
+    /// awaiting thousands of children does not hold one for each that ended), on
+    /// kernels without pidfds (Linux before 5.3), and for a child reaped elsewhere
+    /// before the crate could open one. See also the handle's [`AsFd`](std::os::fd::AsFd).
+    ///
+    /// ```
+    /// let child = multiprocess::spawn_process(|()| (), ())?;
+    /// assert!(child.pidfd().is_some());
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.watch.pidfd()
+    }
+
+    pub(crate) fn unlist(&mut self) {
+        self.watch.unlist();
     }
 
     /// Sends `SIGTERM`: asks the child to stop. A no-op once it has exited.
@@ -464,6 +515,43 @@ impl<R: DeserializeOwned> Process<R> {
         tracing::debug!(pid = self.pid(), name = %self.name, "grace period over, killing");
         self.kill()?;
         self.wait().await
+    }
+}
+
+/// A descriptor to wait on with anything, readable once the child has exited: its
+/// pidfd (see [`Process::pidfd`]) until the child is reaped, and after that (or for a
+/// child that another part of the program reaped) a descriptor that is always
+/// readable, since the child has ended. Borrow it afresh after each wait: the pidfd is
+/// closed when the child is reaped.
+///
+/// # Panics
+///
+/// On kernels without pidfds (Linux before 5.3), where a running child has no
+/// descriptor to stand for it; [`Process::pidfd`] says `None` there instead.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use tokio::io::{Interest, unix::AsyncFd};
+///
+/// fn nap(ms: u64) {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let child = multiprocess::spawn_process(nap, 10)?;
+/// let pidfd = child.as_fd().try_clone_to_owned()?;
+/// let exited = AsyncFd::with_interest(pidfd, Interest::READABLE)?;
+/// let _ = exited.readable().await?;
+/// # Ok(())
+/// # }
+/// ```
+impl<R> std::os::fd::AsFd for Process<R> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match (self.watch.pidfd(), self.watch.exit()) {
+            (Some(fd), _) => fd,
+            (None, Some(_)) => crate::sys::always_readable(),
+            (None, None) => panic!("this kernel has no pidfds (Linux 5.3 or later has them)"),
+        }
     }
 }
 

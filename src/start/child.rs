@@ -103,6 +103,7 @@ fn run_with_control(mut control: Control) -> i32 {
         }
     }
     sys::set_thread_name(&start.name);
+    crate::process::set_current_name(&start.name);
     if start.identity != identity::current() {
         control.report(&Outcome::<()>::Refused(
             "the child is a different build of the program than its parent".into(),

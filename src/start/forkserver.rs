@@ -77,12 +77,14 @@ static ZYGOTE: Mutex<Option<Zygote>> = Mutex::new(None);
 
 fn start_zygote() -> Result<Zygote> {
     let (conn, theirs) = crate::ipc::pipe::<Request, Reply>()?;
-    let process = Process::builder()
+    let mut process = Process::builder()
         .name("mp-forkserver")
         .start_method(crate::StartMethod::Exec)
         .die_with_parent(true)
         .kill_on_drop(true)
         .spawn(zygote, theirs)?;
+    // The server is the crate's own business, not one of the program's children.
+    process.unlist();
     tracing::debug!(pid = process.pid(), "fork server started");
     Ok(Zygote { process, conn })
 }
