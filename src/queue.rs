@@ -609,8 +609,16 @@ impl<T> Queue<T> {
     }
 
     fn ring_has_room(&self, need: usize) -> bool {
-        let used = self.shared().tail.0.tail.load(SeqCst) - self.shared().head.0.load(SeqCst);
-        self.is_closed() || self.check_broken().is_err() || self.ring_len() - used >= need as u64
+        // Read without the locks, so the two positions may be from different moments:
+        // head first keeps the tail from looking behind it, and a tail that ran more
+        // than a ring ahead meanwhile reads as full. Either way a stale answer only
+        // costs a look: consumption after this read rings the bell the caller waits on,
+        // and a put re-checks under the write lock.
+        let head = self.shared().head.0.load(SeqCst);
+        let used = self.shared().tail.0.tail.load(SeqCst).saturating_sub(head);
+        self.is_closed()
+            || self.check_broken().is_err()
+            || self.ring_len().saturating_sub(used) >= need as u64
     }
 
     /// A put cancelled after its frame had begun: the frame goes out marked withdrawn
