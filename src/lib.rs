@@ -181,7 +181,7 @@ pub use process::{
 pub use queue::{JoinableQueue, Queue};
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
 pub use sync::{
-    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, Semaphore, SemaphorePermit,
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
 };
 
 #[cfg(feature = "fuzzing")]

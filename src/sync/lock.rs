@@ -17,8 +17,12 @@ const OWNER: usize = 0;
 const WAITERS: usize = 8;
 const POISONED_BY: usize = 12;
 const WAKE: usize = 16;
+/// Words only an [`RLock`](super::RLock) uses: which thread of the holder holds it,
+/// and how many times.
+pub(super) const HOLDING_THREAD: usize = 32;
+pub(super) const DEPTH: usize = 40;
 const PAGE: usize = 48;
-const _: () = assert!(WAKE + NOTIFIER_BYTES <= PAGE);
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= HOLDING_THREAD);
 
 /// A lock shared by processes: at most one holder at a time, in any process.
 ///
@@ -145,6 +149,16 @@ impl Lock {
 
     fn poisoned_by(&self) -> &AtomicU32 {
         self.inner.page.atomic(POISONED_BY)
+    }
+
+    /// A word of the lock's page, for [`RLock`](super::RLock).
+    pub(super) fn word<A>(&self, offset: usize) -> &A {
+        self.inner.page.atomic(offset)
+    }
+
+    /// Whether this process holds the lock.
+    pub(super) fn held_here(&self) -> bool {
+        self.owner_word().load(SeqCst) == token()
     }
 
     /// Whether some process (this one included) holds the lock right now.

@@ -13,12 +13,14 @@ mod condition;
 mod event;
 mod lock;
 mod notifier;
+mod rlock;
 mod semaphore;
 
 pub use barrier::Barrier;
 pub use condition::Condition;
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
 pub(crate) use notifier::{
