@@ -949,7 +949,7 @@ fn invalid(message: &str) -> Error {
 impl Serialize for Barrier {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let inner = &self.inner;
-        let wake = inner.wake.wake_fd().map_err(serde::ser::Error::custom)?;
+        let wake = inner.wake.wake_fd_for_message()?;
         (&inner.page, &inner.guard, wake, inner.action).serialize(serializer)
     }
 }
@@ -958,10 +958,7 @@ impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (page, guard, wake, action) =
             <(SharedMemory, Lock, PassFd, Option<Action>)>::deserialize(deserializer)?;
-        if page.len() < SLOTS + SLOT_SIZE {
-            return Err(serde::de::Error::custom("barrier page too small"));
-        }
-        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        let wake = Notifier::from_message(wake, &page, SLOTS + SLOT_SIZE, WAKE, "barrier")?;
         Ok(Barrier {
             inner: Arc::new(Inner {
                 page,

@@ -589,11 +589,7 @@ fn ready_if(woken: bool) -> Step<()> {
 
 impl Serialize for Condition {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let wake = self
-            .inner
-            .wake
-            .wake_fd()
-            .map_err(serde::ser::Error::custom)?;
+        let wake = self.inner.wake.wake_fd_for_message()?;
         (&self.lock, &self.inner.page, wake).serialize(serializer)
     }
 }
@@ -601,10 +597,7 @@ impl Serialize for Condition {
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (lock, page, wake) = <(Lock, SharedMemory, PassFd)>::deserialize(deserializer)?;
-        if page.len() < PAGE {
-            return Err(serde::de::Error::custom("condition page too small"));
-        }
-        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "condition")?;
         Ok(Condition {
             lock,
             inner: Arc::new(Inner { page, wake }),

@@ -180,11 +180,7 @@ impl Event {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let wake = self
-            .inner
-            .wake
-            .wake_fd()
-            .map_err(serde::ser::Error::custom)?;
+        let wake = self.inner.wake.wake_fd_for_message()?;
         (&self.inner.page, wake).serialize(serializer)
     }
 }
@@ -192,10 +188,7 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
-        if page.len() < PAGE {
-            return Err(serde::de::Error::custom("event page too small"));
-        }
-        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "event")?;
         Ok(Event {
             inner: Arc::new(Inner { page, wake }),
         })

@@ -382,11 +382,7 @@ impl Lock {
 
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let wake = self
-            .inner
-            .wake
-            .wake_fd()
-            .map_err(serde::ser::Error::custom)?;
+        let wake = self.inner.wake.wake_fd_for_message()?;
         (&self.inner.page, wake).serialize(serializer)
     }
 }
@@ -394,10 +390,7 @@ impl Serialize for Lock {
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
-        if page.len() < PAGE {
-            return Err(serde::de::Error::custom("lock page too small"));
-        }
-        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "lock")?;
         Ok(Lock {
             inner: Arc::new(Inner { page, wake }),
         })

@@ -111,6 +111,27 @@ impl Notifier {
         Self::from_parts(fd.0, page.clone(), base)
     }
 
+    /// [`wake_fd`](Self::wake_fd) for a primitive's `Serialize`.
+    pub(crate) fn wake_fd_for_message<E: serde::ser::Error>(&self) -> std::result::Result<PassFd, E> {
+        self.wake_fd().map_err(E::custom)
+    }
+
+    /// [`from_wake_fd`](Self::from_wake_fd) for a primitive's `Deserialize`: the page
+    /// that came with the message must hold at least `min_len` bytes, so a short or
+    /// foreign page is a decoding error rather than an access out of bounds.
+    pub(crate) fn from_message<E: serde::de::Error>(
+        fd: PassFd,
+        page: &SharedMemory,
+        min_len: usize,
+        base: usize,
+        what: &str,
+    ) -> std::result::Result<Notifier, E> {
+        if page.len() < min_len {
+            return Err(E::custom(format_args!("{what} page too small")));
+        }
+        Ok(Self::from_wake_fd(fd, page, base))
+    }
+
     fn from_parts(fd: OwnedFd, seq: SharedMemory, base: usize) -> Notifier {
         Notifier {
             fd: ReadableFd::new(fd),

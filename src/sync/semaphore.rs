@@ -455,11 +455,7 @@ impl Semaphore {
 
 impl Serialize for Semaphore {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let wake = self
-            .inner
-            .wake
-            .wake_fd()
-            .map_err(serde::ser::Error::custom)?;
+        let wake = self.inner.wake.wake_fd_for_message()?;
         (&self.inner.page, wake).serialize(serializer)
     }
 }
@@ -467,10 +463,7 @@ impl Serialize for Semaphore {
 impl<'de> Deserialize<'de> for Semaphore {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
-        if page.len() < PAGE {
-            return Err(serde::de::Error::custom("semaphore page too small"));
-        }
-        let wake = Notifier::from_wake_fd(wake, &page, WAKE);
+        let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "semaphore")?;
         Ok(Semaphore::from_parts(page, wake))
     }
 }
