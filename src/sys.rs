@@ -81,29 +81,28 @@ pub(crate) fn kill_process_group(pgid: u32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Reaps the child behind `pidfd` if it has exited. `Ok(None)` means still running.
-pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
-    // SAFETY: siginfo_t is plain data; zeroed is a valid initial value and lets us tell
-    // "no child changed state" (si_pid == 0) from a real report.
+/// `waitid(2)` for one process, retried on `EINTR`; the report is zeroed (`si_pid` 0)
+/// when `WNOHANG` found nothing to report.
+fn waitid(idtype: libc::idtype_t, id: libc::id_t, flags: i32) -> io::Result<libc::siginfo_t> {
+    // SAFETY: siginfo_t is plain data; zeroed is a valid initial value and lets callers
+    // tell "no child changed state" (si_pid == 0) from a real report.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: P_PIDFD with a valid pidfd and a pointer to a live siginfo_t.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG,
-            )
-        };
-        if rc == 0 {
-            break;
+        // SAFETY: a plain syscall given a pointer to a live siginfo_t.
+        if unsafe { libc::waitid(idtype, id, &mut info, flags) } == 0 {
+            return Ok(info);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
+}
+
+/// Reaps the child behind `pidfd` if it has exited. `Ok(None)` means still running.
+pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    let id = pidfd.as_raw_fd() as libc::id_t;
+    let info = waitid(libc::P_PIDFD, id, libc::WEXITED | libc::WNOHANG)?;
     // SAFETY: waitid filled `info` (or left it zeroed); reading the union fields that
     // SIGCHLD reports always carry is sound.
     let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
@@ -116,25 +115,11 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatu
 /// Whether our child `pid` has exited (reaped or not: `WNOWAIT` leaves a zombie for its
 /// watch to collect). A pid that is no child of ours any more counts as exited.
 pub(crate) fn child_has_exited(pid: u32) -> bool {
-    // SAFETY: siginfo_t is plain data, zeroed is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: P_PID with a pointer to a live siginfo_t.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            // SAFETY: waitid filled `info` or left it zeroed.
-            return unsafe { info.si_pid() } != 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return true;
-        }
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    match waitid(libc::P_PID, pid as libc::id_t, flags) {
+        // SAFETY: waitid filled `info` or left it zeroed.
+        Ok(info) => (unsafe { info.si_pid() }) != 0,
+        Err(_) => true,
     }
 }
 
@@ -156,26 +141,8 @@ pub(crate) fn always_readable() -> BorrowedFd<'static> {
 /// Asks whether the process behind `pidfd` is an exited child of ours without reaping
 /// it (`WNOWAIT`); fails with `ECHILD` if it is not our child (or was reaped already).
 pub(crate) fn waitid_pidfd_peek(pidfd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: siginfo_t is plain data, zeroed is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: P_PIDFD with a valid pidfd and a pointer to a live siginfo_t.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    let id = pidfd.as_raw_fd() as libc::id_t;
+    waitid(libc::P_PIDFD, id, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT).map(drop)
 }
 
 fn status_from_siginfo(code: i32, status: i32) -> ExitStatus {
