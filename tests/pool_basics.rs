@@ -120,7 +120,6 @@ struct Model {
     served: u64,
 }
 
-#[async_trait::async_trait(?Send)]
 impl Worker for Model {
     type Init = (u64, String);
     type Request = u64;

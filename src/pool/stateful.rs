@@ -1,5 +1,6 @@
 //! Stateful workers: set up once per worker process, then serve requests.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -16,15 +17,15 @@ use crate::error::Result;
 /// a warm cache. Each worker process builds one value with [`init`](Worker::init), then
 /// answers requests with [`handle`](Worker::handle), one at a time.
 ///
-/// The futures run on a current-thread runtime inside the worker, so they need not be
-/// `Send`: implement the trait with `#[async_trait::async_trait(?Send)]`.
+/// Implement it with plain `async fn`s: no extra crate or attribute is needed. The
+/// futures run on a current-thread runtime inside the worker process, so they need not
+/// be `Send` (an `Rc` or a `RefCell` may live across an `.await`).
 ///
 /// ```
 /// use multiprocess::{ProcessPool, Worker};
 ///
 /// struct Counter { seen: u64 }
 ///
-/// #[async_trait::async_trait(?Send)]
 /// impl Worker for Counter {
 ///     type Init = u64;
 ///     type Request = u64;
@@ -49,7 +50,6 @@ use crate::error::Result;
 /// # Ok(())
 /// # }
 /// ```
-#[async_trait::async_trait(?Send)]
 pub trait Worker: Sized + 'static {
     /// What every worker is built from (sent to each worker process).
     type Init: Serialize + DeserializeOwned;
@@ -60,11 +60,16 @@ pub trait Worker: Sized + 'static {
 
     /// Builds the worker's state, once per worker process. An `Err` fails the pool's
     /// `build` (and every task) with [`Error::Bootstrap`](crate::Error::Bootstrap).
-    async fn init(init: Self::Init) -> Result<Self, String>;
+    ///
+    /// Declared as returning a future so that no `Send` bound is implied: implement it
+    /// as `async fn init(init: Self::Init) -> Result<Self, String>`.
+    fn init(init: Self::Init) -> impl Future<Output = Result<Self, String>>;
 
     /// Answers one request. A panic fails that request with
     /// [`Error::Panicked`](crate::Error::Panicked); the worker and its state live on.
-    async fn handle(&mut self, request: Self::Request) -> Self::Response;
+    ///
+    /// Implement it as `async fn handle(&mut self, request: Self::Request) -> Self::Response`.
+    fn handle(&mut self, request: Self::Request) -> impl Future<Output = Self::Response>;
 }
 
 /// A pool of [`Worker`]s: like [`ProcessPool`](crate::ProcessPool), but every task is a
@@ -76,7 +81,6 @@ pub trait Worker: Sized + 'static {
 ///
 /// struct Upper;
 ///
-/// #[async_trait::async_trait(?Send)]
 /// impl Worker for Upper {
 ///     type Init = ();
 ///     type Request = String;
