@@ -403,9 +403,12 @@ fn adopt_orphan(mut orphan: ExitWatch) {
         }
     }
     if let Some(Kind::Sigchld(slot)) = &orphan.kind {
-        // The SIGCHLD driver reaps orphans on its sweeps.
+        // The SIGCHLD driver reaps orphans on its sweeps. The driver that ran may have
+        // died with its runtime and no waiter is left to start another, so start one
+        // here; outside a runtime the next spawn sweeps the orphans instead.
         slot.orphan.store(true, Ordering::Release);
         orphan.kind = None;
+        let _ = registry().ensure_driver();
         return;
     }
     match tokio::runtime::Handle::try_current() {

@@ -51,6 +51,40 @@ async fn without_kill_on_drop_the_child_finishes_and_is_reaped() {
     leaks.finish().await;
 }
 
+/// The SIGCHLD backend's driver lives on the runtime that first awaited a child; when
+/// that runtime is gone, a child dropped on another runtime must still be reaped when it
+/// ends, with no further spawn or wait to prompt it.
+#[test]
+fn dropped_after_the_reaping_runtime_ended_is_reaped_when_it_finishes() {
+    let leaks = common::LeakCheck::start_blocking();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        let mut child = spawn_process(|x: u32| x + 1, 1).unwrap();
+        assert_eq!(child.join().await.unwrap(), 2);
+    });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let (mut conn, child_end) = multiprocess::pipe::<String, ()>().unwrap();
+        let child = Process::builder()
+            .kill_on_drop(false)
+            .spawn(waits_for_word, child_end)
+            .unwrap();
+        let pid = child.pid();
+        drop(child);
+        conn.send("done".to_string()).await.unwrap();
+        common::eventually("finished child reaped", || !common::exists(pid)).await;
+    });
+    drop(second);
+    leaks.finish_blocking();
+}
+
 #[test]
 fn dropped_outside_a_runtime_is_reaped_by_the_next_spawn() {
     let leaks = common::LeakCheck::start_blocking();
