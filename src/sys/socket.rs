@@ -1,0 +1,194 @@
+//! Unix stream sockets: pairs, and sending and receiving bytes with descriptors.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+
+/// The most descriptors Linux accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Socket buffer size we ask for (the kernel doubles it and caps it at
+/// `net.core.wmem_max`/`rmem_max`): room for a large message in flight, so a writer
+/// rarely waits for its reader. Memory is only used as data is queued.
+pub(crate) const SOCKET_BUFFER: usize = 1 << 20;
+
+/// A connected pair of close-on-exec Unix stream sockets with large buffers.
+pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    for fd in [&a, &b] {
+        // A smaller buffer only costs speed, so failing to enlarge it is no error.
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBuf, &SOCKET_BUFFER);
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    Ok((a, b))
+}
+
+/// How a socket call treats an empty (or full) socket. Our sockets stay in blocking
+/// mode; the async paths ask for non-blocking behaviour per call, so that the blocking
+/// paths can simply block (one syscall, no `poll`) and a descriptor shared with another
+/// process behaves the same for both.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Wait {
+    /// Fail with `WouldBlock` instead of waiting.
+    No,
+    /// Block the calling thread.
+    Block,
+}
+
+impl Wait {
+    fn flags(self) -> MsgFlags {
+        match self {
+            Wait::No => MsgFlags::MSG_DONTWAIT,
+            Wait::Block => MsgFlags::empty(),
+        }
+    }
+}
+
+/// Sends `bufs` with `fds` attached as `SCM_RIGHTS`. Never raises `SIGPIPE`.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[RawFd],
+    wait: Wait,
+) -> io::Result<usize> {
+    if fds.is_empty() && bufs.len() == 1 {
+        // Plain send(2) is a little cheaper than sendmsg(2), and this is the common case.
+        return send_plain(socket, &bufs[0], wait);
+    }
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            bufs,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | wait.flags(),
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn send_plain(socket: BorrowedFd<'_>, buf: &[u8], wait: Wait) -> io::Result<usize> {
+    loop {
+        match nix::sys::socket::send(
+            socket.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_NOSIGNAL | wait.flags(),
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives into `buf`, appending any descriptors that came along (close-on-exec) to
+/// `fds`. Returns the number of bytes read; zero means end of stream.
+/// A buffer for the ancillary data of one `recvmsg`, reused across calls.
+pub(crate) fn control_buffer() -> Vec<u8> {
+    nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE])
+}
+
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    space: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    wait: Wait,
+) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut *space),
+            MsgFlags::MSG_CMSG_CLOEXEC | wait.flags(),
+        ) {
+            Ok(msg) => break msg,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let bytes = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            for raw in received {
+                // SAFETY: SCM_RIGHTS just installed these descriptors in our table; we
+                // are their only owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    if truncated {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "peer sent more descriptors than one message may carry",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Receives at most `max` bytes into the spare capacity of `out`, which grows by what
+/// arrived. No descriptors are expected: any that came along are discarded by the
+/// kernel.
+pub(crate) fn recv_into_spare(
+    socket: BorrowedFd<'_>,
+    out: &mut Vec<u8>,
+    max: usize,
+    wait: Wait,
+) -> io::Result<usize> {
+    let spare = out.spare_capacity_mut();
+    let len = spare.len().min(max);
+    let into = spare.as_mut_ptr().cast::<libc::c_void>();
+    loop {
+        // SAFETY: the kernel writes at most `len` bytes at `into`, which is spare
+        // capacity of `out`: allocated, owned by `out` and referred to by nothing else.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), into, len, wait.flags().bits()) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel has initialised the first `n` bytes of the spare
+            // capacity, and `n <= len` fits in it.
+            unsafe { out.set_len(out.len() + n) };
+            return Ok(n);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or writable) or `timeout_ms` passes (-1: forever).
+/// Used only by the blocking API, never on a runtime thread.
+pub(crate) fn poll_one(fd: BorrowedFd<'_>, writable: bool, timeout_ms: i32) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let events = if writable {
+        PollFlags::POLLOUT
+    } else {
+        PollFlags::POLLIN
+    };
+    let mut fds = [PollFd::new(fd, events)];
+    let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
