@@ -4,7 +4,7 @@
 //! bootstrap (see `child`) before `main`, learns over its control socket which function
 //! to run, checks it is the same build as its parent, runs the function and reports.
 
-pub(crate) mod anchor;
+pub(crate) mod parent_death_thread;
 mod child;
 mod forkserver;
 pub(crate) mod identity;

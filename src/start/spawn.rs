@@ -157,14 +157,14 @@ impl ChildSetup {
     }
 }
 
-/// Spawns `command`; from the anchor thread when the child must die with us, so that
+/// Spawns `command`; from the parent-death thread when the child must die with us, so that
 /// its parent thread is one that never exits.
 pub(crate) fn spawn_command(
     mut command: std::process::Command,
     die_with_parent: bool,
 ) -> io::Result<std::process::Child> {
     if die_with_parent {
-        super::anchor::run(move || command.spawn())
+        super::parent_death_thread::run(move || command.spawn())
     } else {
         command.spawn()
     }

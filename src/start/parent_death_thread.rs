@@ -11,31 +11,31 @@ use std::sync::mpsc::{Sender, channel};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-static ANCHOR: Mutex<Option<Sender<Job>>> = Mutex::new(None);
+static THREAD: Mutex<Option<Sender<Job>>> = Mutex::new(None);
 
-/// Runs `f` on the anchor thread and returns its result.
+/// Runs `f` on the parent-death thread and returns its result.
 pub(crate) fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     let (done_tx, done_rx) = channel();
     let job: Job = Box::new(move || {
         let _ = done_tx.send(f());
     });
     let sender = {
-        let mut anchor = ANCHOR.lock().unwrap_or_else(|p| p.into_inner());
-        anchor.get_or_insert_with(start).clone()
+        let mut thread = THREAD.lock().unwrap_or_else(|p| p.into_inner());
+        thread.get_or_insert_with(start).clone()
     };
-    sender.send(job).expect("the anchor thread never exits");
-    done_rx.recv().expect("the anchor thread runs every job")
+    sender.send(job).expect("the parent-death thread never exits");
+    done_rx.recv().expect("the parent-death thread runs every job")
 }
 
 fn start() -> Sender<Job> {
     let (tx, rx) = channel::<Job>();
     std::thread::Builder::new()
-        .name("mp-anchor".into())
+        .name("mp-parent-death".into())
         .spawn(move || {
             for job in rx {
                 job();
             }
         })
-        .expect("cannot start the anchor thread");
+        .expect("cannot start the parent-death thread");
     tx
 }
