@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::options::Options;
+use crate::start::Options;
 use super::{Command, Process};
 use crate::error::Result;
 use crate::start::{self, Entry};

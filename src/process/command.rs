@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 
 use super::Process;
-use super::options::Options;
+use crate::start::Options;
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
 use crate::start::spawn::{ChildSetup, spawn_command, watch_or_kill};

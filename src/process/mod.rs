@@ -3,14 +3,13 @@
 mod builder;
 mod command;
 mod current;
-mod options;
 
 pub use builder::ProcessBuilder;
 pub use command::Command;
 pub use current::{ActiveChild, CurrentProcess, active_children, current_process};
 pub(crate) use current::set_name as set_current_name;
-pub(crate) use options::Options;
-pub use options::StartMethod;
+pub(crate) use crate::start::Options;
+pub use crate::start::StartMethod;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};

@@ -7,9 +7,12 @@
 pub(crate) mod parent_death_thread;
 mod child;
 mod forkserver;
+mod options;
 pub(crate) mod identity;
 pub(crate) mod protocol;
 pub(crate) mod spawn;
 
+pub use options::StartMethod;
+pub(crate) use options::Options;
 pub(crate) use child::{Entry, run_async, run_sync, take_last_panic};
 pub(crate) use spawn::{Spawned, spawn_function};

@@ -10,11 +10,11 @@ use serde::Serialize;
 use super::child::{self, Entry};
 use super::forkserver;
 use super::identity;
+use super::options::Options;
 use super::protocol::{CHILD_ENV, Start};
 use crate::error::{Error, Result};
 use crate::exit::{self, ExitWatch};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
-use crate::process::Options;
 use crate::sys;
 
 /// A freshly started function child.
