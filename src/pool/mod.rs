@@ -25,11 +25,11 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, TryAcquireError, oneshot};
 
 use self::core::{Config, Core};
 use self::protocol::{Encoded, Failure, JobData, JobKind, StartArg};
-use self::worker::{CallEntry, PlainStart, StatefulStart};
+use self::worker::{CallChunk, CallEntry, CallInput, CallOne, CallOutput, PlainStart, StatefulStart};
 use crate::error::{Error, Result};
 use crate::ipc::wire;
 use crate::process::Process;
-use crate::start::identity;
+use crate::start::entry::Trampoline;
 
 /// Configures a [`ProcessPool`] (or a [`StatefulPool`]).
 ///
@@ -62,7 +62,7 @@ pub struct PoolBuilder {
     start_method: Option<crate::StartMethod>,
     memory_limit: Option<u64>,
     start_timeout: Duration,
-    init: Option<(i64, i64, Arc<StartArg>)>,
+    init: Option<(CallEntry, Arc<StartArg>)>,
     init_error: Option<Error>,
 }
 
@@ -242,13 +242,9 @@ impl PoolBuilder {
     where
         A: Serialize + DeserializeOwned,
     {
-        let entry: CallEntry = worker::call::<A, ()>;
-        match (
-            entry_offsets(entry as usize, f as usize),
-            wire::encode_value(&arg),
-        ) {
-            (Ok((entry, function)), Ok(encoded)) => {
-                self.init = Some((entry, function, Arc::new(StartArg::new(encoded))));
+        match (call_entry::<CallOne<A, ()>>(f), wire::encode_value(&arg)) {
+            (Ok(entry), Ok(encoded)) => {
+                self.init = Some((entry, Arc::new(StartArg::new(encoded))));
             }
             (Err(e), _) | (_, Err(e)) => self.init_error = Some(e),
         }
@@ -299,7 +295,7 @@ impl PoolBuilder {
             self.memory_limit,
             move |builder, conn, board| {
                 let init = match &init {
-                    Some((entry, function, arg)) => Some((*entry, *function, arg.duplicate()?)),
+                    Some((entry, arg)) => Some((*entry, arg.duplicate()?)),
                     None => None,
                 };
                 builder.spawn(worker::plain_worker, PlainStart { conn, init, board })
@@ -375,14 +371,13 @@ where
     })
 }
 
-fn entry_offsets(entry: usize, function: usize) -> Result<(i64, i64)> {
-    if !identity::in_own_code(entry) || !identity::in_own_code(function) {
-        return Err(Error::Spawn {
-            program: "pool task".into(),
-            source: std::io::Error::other("the function is not in the program's own executable"),
-        });
-    }
-    Ok((identity::offset_of(entry), identity::offset_of(function)))
+fn call_entry<T: Trampoline<Input = CallInput, Output = CallOutput>>(
+    function: T::Function,
+) -> Result<CallEntry> {
+    CallEntry::new::<T>(function).map_err(|source| Error::Spawn {
+        program: "pool task".into(),
+        source,
+    })
 }
 
 /// A pool of worker processes for CPU-bound (or crash-prone) work, awaited from async
@@ -533,10 +528,9 @@ impl ProcessPool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let entry: CallEntry = worker::call::<A, R>;
-        match entry_offsets(entry as usize, f as usize) {
-            Ok((entry, function)) => {
-                submit_job(&self.core, JobKind::Call { entry, function }, &arg, timeout)
+        match call_entry::<CallOne<A, R>>(f) {
+            Ok(entry) => {
+                submit_job(&self.core, JobKind::Call(entry), &arg, timeout)
             }
             Err(err) => TaskHandle::failed(&self.core, err),
         }
@@ -633,8 +627,7 @@ impl ProcessPool {
         let inputs = inputs.into_iter();
         let workers = self.core.workers();
         let chunk = chunk.unwrap_or_else(|| auto_chunk_size(inputs.size_hint(), workers));
-        let entry: CallEntry = worker::call_chunk::<A, R>;
-        let offsets = entry_offsets(entry as usize, f as usize);
+        let entry = call_entry::<CallChunk<A, R>>(f);
         let core = self.core.clone();
         let timeout = core.default_timeout();
         let tasks = stream::iter(Chunks {
@@ -643,16 +636,8 @@ impl ProcessPool {
         })
         .map(move |items: Vec<A>| {
             let n = items.len();
-            let handle: TaskHandle<Vec<Result<R, Failure>>> = match &offsets {
-                Ok((entry, function)) => submit_job(
-                    &core,
-                    JobKind::Call {
-                        entry: *entry,
-                        function: *function,
-                    },
-                    &items,
-                    timeout,
-                ),
+            let handle: TaskHandle<Vec<Result<R, Failure>>> = match &entry {
+                Ok(entry) => submit_job(&core, JobKind::Call(*entry), &items, timeout),
                 Err(err) => TaskHandle::failed(&core, replicate(err)),
             };
             async move {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::claim::Claim;
+use super::worker::CallEntry;
 use crate::error::Error;
 use crate::ipc::PassFd;
 use crate::ipc::wire::FdsOut;
@@ -17,8 +18,8 @@ use crate::ipc::wire::FdsOut;
 /// What a job asks a worker to do.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
 pub(crate) enum JobKind {
-    /// Call a plain function through its entry (both as offsets from the anchor).
-    Call { entry: i64, function: i64 },
+    /// Call a plain function.
+    Call(CallEntry),
     /// Hand the payload to a stateful worker's `handle`.
     Handle,
 }

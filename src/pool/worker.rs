@@ -1,5 +1,6 @@
 //! The worker side of a pool: a function child that runs jobs until its pool hangs up.
 
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 
@@ -13,17 +14,22 @@ use super::protocol::{Encoded, Failure, StartArg};
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
 use super::stateful::Worker;
 use crate::ipc::{Connection, PassFd, wire};
-use crate::start::{identity, take_last_panic};
+use crate::start::entry::{Named, Trampoline};
+use crate::start::take_last_panic;
 
-/// A call trampoline: decodes the argument, runs the function, encodes the result.
-pub(crate) type CallEntry = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Encoded, Failure>;
+/// What a call's trampoline gets: the argument's bytes and descriptors.
+pub(crate) type CallInput = (Vec<u8>, Vec<OwnedFd>);
+/// What a call's trampoline gives: the result's bytes and descriptors, or the failure.
+pub(crate) type CallOutput = Result<Encoded, Failure>;
+/// A plain function named for a worker.
+pub(crate) type CallEntry = Named<CallInput, CallOutput>;
 
 /// How a plain pool's worker starts.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct PlainStart {
     pub(crate) conn: Connection<FromWorker, JobIn>,
-    /// An initializer call (entry, function, argument), run once before any job.
-    pub(crate) init: Option<(i64, i64, StartArg)>,
+    /// An initializer call and its argument, run once before any job.
+    pub(crate) init: Option<(CallEntry, StartArg)>,
     pub(crate) board: ClaimBoard,
 }
 
@@ -32,52 +38,61 @@ fn panic_failure() -> Failure {
     Failure::Panicked { message, location }
 }
 
-/// Runs `f` on a decoded argument, turning a panic into a [`Failure`].
-pub(crate) fn call<A: DeserializeOwned, R: Serialize>(
-    function: usize,
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<Encoded, Failure> {
-    // SAFETY: the pool took `function` from a `fn(A) -> R` and paired it with this very
-    // instantiation of `call::<A, R>`; the worker is the same build (checked at start).
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    let arg: A = wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
-    let value =
-        std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())?;
-    wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))
+/// The trampoline that runs `f` on a decoded argument, turning a panic into a
+/// [`Failure`].
+pub(crate) struct CallOne<A, R>(PhantomData<fn(A) -> R>);
+
+impl<A: DeserializeOwned, R: Serialize> Trampoline for CallOne<A, R> {
+    type Function = fn(A) -> R;
+    type Input = CallInput;
+    type Output = CallOutput;
+
+    fn address(function: fn(A) -> R) -> usize {
+        function as usize
+    }
+
+    fn run(f: fn(A) -> R, (payload, fds): CallInput) -> CallOutput {
+        let arg: A =
+            wire::decode_payload(&payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
+        let value =
+            std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())?;
+        wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))
+    }
 }
 
-/// Runs `f` on each element of a chunk; each element fails or succeeds on its own.
-pub(crate) fn call_chunk<A: DeserializeOwned, R: Serialize>(
-    function: usize,
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<Encoded, Failure> {
-    // SAFETY: as in `call`, paired with `call_chunk::<A, R>`.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    let args: Vec<A> =
-        wire::decode_payload(payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
-    let results: Vec<Result<R, Failure>> = args
-        .into_iter()
-        .map(|arg| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())
-        })
-        .collect();
-    wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))
+/// The trampoline that runs `f` on each element of a chunk; each element fails or
+/// succeeds on its own.
+pub(crate) struct CallChunk<A, R>(PhantomData<fn(A) -> R>);
+
+impl<A: DeserializeOwned, R: Serialize> Trampoline for CallChunk<A, R> {
+    type Function = fn(A) -> R;
+    type Input = CallInput;
+    type Output = CallOutput;
+
+    fn address(function: fn(A) -> R) -> usize {
+        function as usize
+    }
+
+    fn run(f: fn(A) -> R, (payload, fds): CallInput) -> CallOutput {
+        let args: Vec<A> =
+            wire::decode_payload(&payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
+        let results: Vec<Result<R, Failure>> = args
+            .into_iter()
+            .map(|arg| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())
+            })
+            .collect();
+        wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))
+    }
 }
 
 fn fds_of(fds: Vec<PassFd>) -> Vec<OwnedFd> {
     fds.into_iter().map(|PassFd(fd)| fd).collect()
 }
 
-fn run_call(kind: JobKind, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Encoded, Failure> {
+fn run_call(kind: JobKind, payload: Vec<u8>, fds: Vec<OwnedFd>) -> CallOutput {
     match kind {
-        JobKind::Call { entry, function } => {
-            // SAFETY: the pool computed `entry` from a `CallEntry` in this same build.
-            let entry =
-                unsafe { std::mem::transmute::<usize, CallEntry>(identity::addr_of(entry)) };
-            entry(identity::addr_of(function), payload, fds)
-        }
+        JobKind::Call(entry) => entry.call((payload, fds)),
         JobKind::Handle => Err(Failure::Decode(
             "a plain worker got a stateful request".into(),
         )),
@@ -98,8 +113,8 @@ pub(crate) fn plain_worker(start: PlainStart) {
         init,
         board,
     } = start;
-    if let Some((entry, function, arg)) = init {
-        let hello = match run_call(JobKind::Call { entry, function }, &arg.bytes, arg.fds) {
+    if let Some((entry, arg)) = init {
+        let hello = match entry.call((arg.bytes.into_vec(), arg.fds)) {
             Ok(_) => Hello::Ready,
             Err(failure) => Hello::InitFailed(crate::Error::from(failure).to_string()),
         };
@@ -116,7 +131,7 @@ pub(crate) fn plain_worker(start: PlainStart) {
             continue; // Taken back for an idle worker.
         }
         let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
-        let reply = reply_of(id, run_call(kind, &payload, fds_of(fds)));
+        let reply = reply_of(id, run_call(kind, payload.into_vec(), fds_of(fds)));
         // Each answer goes out before the next job starts: should that job kill the
         // worker, every earlier answer has arrived and only that job fails.
         if conn.send_blocking(FromWorker::Reply(reply)).is_err() {

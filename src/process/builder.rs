@@ -240,8 +240,7 @@ impl ProcessBuilder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let entry: Entry = start::run_sync::<A, R>;
-        self.spawn_with(entry, f as usize, &arg)
+        self.spawn_with(Entry::new::<start::RunSync<A, R>>(f), &arg)
     }
 
     /// Starts a child that runs the async function `f(arg)` on a current-thread runtime
@@ -266,14 +265,12 @@ impl ProcessBuilder {
         F: Future<Output = R>,
         R: Serialize + DeserializeOwned,
     {
-        let entry: Entry = start::run_async::<A, F, R>;
-        self.spawn_with(entry, f as usize, &arg)
+        self.spawn_with(Entry::new::<start::RunAsync<A, F, R>>(f), &arg)
     }
 
     fn spawn_with<A: Serialize, R>(
         &self,
-        entry: Entry,
-        function: usize,
+        entry: std::io::Result<Entry>,
         arg: &A,
     ) -> Result<Process<R>> {
         let name = self.options.resolved_name();
@@ -281,7 +278,7 @@ impl ProcessBuilder {
             name: Some(name.clone()),
             ..self.options.clone()
         };
-        let spawned = start::spawn_function(&options, entry, function, arg)?;
+        let spawned = start::spawn_function(&options, entry, arg)?;
         Ok(Process::from_function(name, spawned, &options))
     }
 

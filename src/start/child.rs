@@ -7,19 +7,21 @@
 //! time), runs it, reports the outcome and exits.
 
 use std::io::Write;
+use std::marker::PhantomData;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::entry::{Named, Trampoline};
 use super::identity;
 use super::protocol::{CHILD_ENV, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 use crate::sys;
 
-/// What an entry trampoline gets: the function's address and the control socket.
-pub(crate) type Entry = fn(usize, &mut Control) -> i32;
+/// A function named for a child: called with the control socket, gives the exit code.
+pub(crate) type Entry = Named<Control, i32>;
 
 /// The child's end of the control socket.
 pub(crate) struct Control {
@@ -110,11 +112,7 @@ fn run_with_control(mut control: Control) -> i32 {
         ));
         return EXIT_FAILED;
     }
-    // SAFETY: the parent computed `entry` from a value of type `Entry` in a binary whose
-    // identity we just matched with ours, so this address holds that very function.
-    let entry: Entry =
-        unsafe { std::mem::transmute::<usize, Entry>(identity::addr_of(start.entry)) };
-    entry(identity::addr_of(start.function), &mut control)
+    start.entry.call(control)
 }
 
 /// Moves the control socket off descriptor 0 (where the parent put it) and gives the
@@ -239,38 +237,54 @@ fn run_reported<A: DeserializeOwned, R: Serialize>(
     }
 }
 
-/// The entry for a plain `fn(A) -> R`.
-pub(crate) fn run_sync<A: DeserializeOwned, R: Serialize>(
-    function: usize,
-    control: &mut Control,
-) -> i32 {
-    // SAFETY: the parent took `function` from a `fn(A) -> R` and paired it with this very
-    // instantiation of `run_sync::<A, R>`; the identity check proved the binary is the same.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    run_reported(control, f)
+/// The trampoline for a plain `fn(A) -> R`.
+pub(crate) struct RunSync<A, R>(PhantomData<fn(A) -> R>);
+
+impl<A: DeserializeOwned, R: Serialize> Trampoline for RunSync<A, R> {
+    type Function = fn(A) -> R;
+    type Input = Control;
+    type Output = i32;
+
+    fn address(function: fn(A) -> R) -> usize {
+        function as usize
+    }
+
+    fn run(function: fn(A) -> R, mut control: Control) -> i32 {
+        run_reported(&mut control, function)
+    }
 }
 
-/// The entry for an async `fn(A) -> impl Future<Output = R>`, run on a current-thread
-/// runtime of the child's own.
-pub(crate) fn run_async<A, F, R>(function: usize, control: &mut Control) -> i32
+/// The trampoline for an async `fn(A) -> impl Future<Output = R>`, run on a
+/// current-thread runtime of the child's own.
+pub(crate) struct RunAsync<A, F, R>(PhantomData<fn(A) -> (F, R)>);
+
+impl<A, F, R> Trampoline for RunAsync<A, F, R>
 where
     A: DeserializeOwned,
     F: Future<Output = R>,
     R: Serialize,
 {
-    // SAFETY: as for `run_sync`, with `fn(A) -> F` paired with `run_async::<A, F, R>`.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> F>(function) };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            control.report(&Outcome::<()>::Refused(format!(
-                "cannot start a runtime: {err}"
-            )));
-            return EXIT_FAILED;
-        }
-    };
-    run_reported(control, |arg| runtime.block_on(f(arg)))
+    type Function = fn(A) -> F;
+    type Input = Control;
+    type Output = i32;
+
+    fn address(function: fn(A) -> F) -> usize {
+        function as usize
+    }
+
+    fn run(function: fn(A) -> F, mut control: Control) -> i32 {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                control.report(&Outcome::<()>::Refused(format!(
+                    "cannot start a runtime: {err}"
+                )));
+                return EXIT_FAILED;
+            }
+        };
+        run_reported(&mut control, |arg| runtime.block_on(function(arg)))
+    }
 }

@@ -1,39 +1,19 @@
-//! Which binary is running, and where its code lives.
+//! Which binary is running.
 //!
-//! A child is told which function to run as an offset from an anchor function. That is
-//! only meaningful in the very same binary, so parent and child compare a build identity
-//! first: the ELF build-id note of `/proc/self/exe` (every mainstream Linux toolchain
-//! emits one), or, lacking it, the executable's device, inode, size and modification
-//! time. The parent also checks that the function's address lies in the executable's own
-//! code, so a function from a dynamically loaded library is refused instead of run at a
-//! meaningless address.
+//! A child is told which function to run as an offset in the executable's code (see
+//! `entry`). That is only meaningful in the very same binary, so parent and child compare
+//! a build identity first: the ELF build-id note of `/proc/self/exe` (every mainstream
+//! Linux toolchain emits one), or, lacking it, the executable's device, inode, size and
+//! modification time.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::OnceLock;
 
-const EXE: &str = "/proc/self/exe";
+pub(super) const EXE: &str = "/proc/self/exe";
 const PT_NOTE: u32 = 4;
 const NT_GNU_BUILD_ID: u32 = 3;
-
-/// The function every offset is measured from.
-#[inline(never)]
-pub(crate) extern "C" fn anchor() {}
-
-fn anchor_addr() -> usize {
-    anchor as extern "C" fn() as usize
-}
-
-/// The offset of a code address from the anchor.
-pub(crate) fn offset_of(addr: usize) -> i64 {
-    addr.wrapping_sub(anchor_addr()) as i64
-}
-
-/// The code address an offset names in this process.
-pub(crate) fn addr_of(offset: i64) -> usize {
-    anchor_addr().wrapping_add(offset as usize)
-}
 
 /// This binary's identity, computed once.
 pub(crate) fn current() -> &'static [u8] {
@@ -128,38 +108,6 @@ fn find_build_id(mut notes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Whether `addr` lies in an executable mapping of this process's own binary.
-pub(crate) fn in_own_code(addr: usize) -> bool {
-    static RANGES: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
-    RANGES
-        .get_or_init(|| own_code_ranges().unwrap_or_default())
-        .iter()
-        .any(|(start, end)| (*start..*end).contains(&addr))
-}
-
-fn own_code_ranges() -> io::Result<Vec<(usize, usize)>> {
-    let inode = std::fs::metadata(EXE)?.ino();
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let ranges = maps
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let ino: u64 = fields.nth(2)?.parse().ok()?;
-            if ino != inode || !perms.contains('x') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some((
-                usize::from_str_radix(start, 16).ok()?,
-                usize::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .collect();
-    Ok(ranges)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,19 +116,6 @@ mod tests {
     fn identity_is_stable_and_nonempty() {
         assert!(!current().is_empty());
         assert_eq!(compute().unwrap(), current());
-    }
-
-    #[test]
-    fn anchor_is_in_own_code_and_heap_is_not() {
-        assert!(in_own_code(anchor_addr()));
-        let on_heap = Box::new(0u8);
-        assert!(!in_own_code(&*on_heap as *const u8 as usize));
-    }
-
-    #[test]
-    fn offsets_round_trip() {
-        let f = identity_is_stable_and_nonempty as fn() as usize;
-        assert_eq!(addr_of(offset_of(f)), f);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub(crate) mod parent_death_thread;
 mod child;
+pub(crate) mod entry;
 mod forkserver;
 mod options;
 pub(crate) mod identity;
@@ -14,5 +15,5 @@ pub(crate) mod spawn;
 
 pub use options::StartMethod;
 pub(crate) use options::Options;
-pub(crate) use child::{Entry, run_async, run_sync, take_last_panic};
+pub(crate) use child::{Entry, RunAsync, RunSync, take_last_panic};
 pub(crate) use spawn::{Spawned, spawn_function};

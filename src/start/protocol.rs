@@ -2,14 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::child::Entry;
 use crate::error::Error;
 
 /// Parent to child, first frame: what to run. The argument follows as the second frame.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Start {
     pub(crate) identity: Vec<u8>,
-    pub(crate) entry: i64,
-    pub(crate) function: i64,
+    /// The function to run, with the trampoline that runs it.
+    pub(crate) entry: Entry,
     pub(crate) name: String,
     pub(crate) die_with_parent: bool,
     /// Lead a new process group before running anything.

@@ -23,11 +23,10 @@ pub(crate) struct Spawned {
     pub(crate) control: ReadHalf,
 }
 
-/// Starts a child running `function(arg)` through `entry`.
+/// Starts a child running the function `entry` names, with `arg`.
 pub(crate) fn spawn_function<A: Serialize>(
     options: &Options,
-    entry: Entry,
-    function: usize,
+    entry: io::Result<Entry>,
     arg: &A,
 ) -> Result<Spawned> {
     // The hook must be in the binary for the child to find its way; using it here keeps
@@ -35,19 +34,13 @@ pub(crate) fn spawn_function<A: Serialize>(
     std::hint::black_box(&child::BOOTSTRAP_HOOK);
     exit::reap_orphans();
     let name = &options.resolved_name();
-    let entry = entry as usize;
-    if !identity::in_own_code(entry) || !identity::in_own_code(function) {
-        return Err(Error::Spawn {
-            program: name.to_string(),
-            source: io::Error::other(
-                "the function is not in the program's own executable (a dynamic library?)",
-            ),
-        });
-    }
+    let entry = entry.map_err(|source| Error::Spawn {
+        program: name.to_string(),
+        source,
+    })?;
     let start = Start {
         identity: identity::current().to_vec(),
-        entry: identity::offset_of(entry),
-        function: identity::offset_of(function),
+        entry,
         name: name.to_string(),
         die_with_parent: options.dies_with_parent(),
         own_group: options.kill_tree,

@@ -27,7 +27,7 @@ use super::{NOTIFIER_BYTES, Notifier, OwnerWatch, token, watch_owner};
 use crate::ipc::PassFd;
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
-use crate::start::identity;
+use crate::start::entry::{Named, Trampoline};
 
 const ROUND: usize = 0;
 const PARTIES: usize = 8;
@@ -95,30 +95,25 @@ struct Inner {
     action: Option<Action>,
 }
 
-/// The function run once per round before the release. Crosses to a child as an
-/// offset in the executable's code, like a child's own function.
-#[derive(Clone, Copy)]
-struct Action(fn());
+/// The function run once per round before the release. Crosses to a child named by its
+/// address in the executable's code, like a child's own function.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct Action(Named<(), ()>);
 
-impl Serialize for Action {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        identity::offset_of(self.0 as usize).serialize(serializer)
+/// The trampoline that runs an action.
+struct RunAction;
+
+impl Trampoline for RunAction {
+    type Function = fn();
+    type Input = ();
+    type Output = ();
+
+    fn address(function: fn()) -> usize {
+        function as usize
     }
-}
 
-impl<'de> Deserialize<'de> for Action {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let addr = identity::addr_of(i64::deserialize(deserializer)?);
-        if !identity::in_own_code(addr) {
-            return Err(serde::de::Error::custom(
-                "a barrier action outside this executable's code",
-            ));
-        }
-        // SAFETY: `addr` lies in this executable's code, and is the offset of a `fn()` of
-        // the sending process; a barrier only reaches processes running the very same
-        // build (a child checks the build identity before it reads its argument), where
-        // the same offset names the same function.
-        Ok(Action(unsafe { std::mem::transmute::<usize, fn()>(addr) }))
+    fn run(function: fn(), (): ()) {
+        function()
     }
 }
 
@@ -261,11 +256,11 @@ impl Barrier {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn with_action(parties: u32, action: fn()) -> Result<Barrier> {
-        if !identity::in_own_code(action as usize) {
+        let Ok(action) = Named::new::<RunAction>(action) else {
             return Err(invalid(
                 "a barrier action must be a function of this executable",
             ));
-        }
+        };
         Self::create(parties, Some(Action(action)))
     }
 
@@ -867,7 +862,7 @@ impl<'a> Waiting<'a> {
         }
         self.action = match self.barrier.inner.action {
             None => ActionRun::Ran,
-            Some(Action(action)) => match catch_unwind(AssertUnwindSafe(action)) {
+            Some(Action(action)) => match catch_unwind(AssertUnwindSafe(|| action.call(()))) {
                 Ok(()) => ActionRun::Ran,
                 Err(panic) => ActionRun::Panicked(panic),
             },
