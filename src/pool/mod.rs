@@ -25,7 +25,8 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, TryAcquireError, oneshot};
 
 use self::core::{Config, Core};
 use self::protocol::{Encoded, Failure, JobData, JobKind, StartArg};
-use self::worker::{CallChunk, CallEntry, CallInput, CallOne, CallOutput, PlainStart, StatefulStart};
+use self::protocol::{CallEntry, CallInput, CallOutput};
+use self::worker::{CallChunk, CallOne, PlainStart, StatefulStart};
 use crate::error::{Error, Result};
 use crate::ipc::wire;
 use crate::process::Process;

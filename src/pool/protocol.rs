@@ -10,10 +10,17 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::claim::Claim;
-use super::worker::CallEntry;
 use crate::error::Error;
 use crate::ipc::PassFd;
 use crate::ipc::wire::FdsOut;
+use crate::start::entry::Named;
+
+/// What a call's trampoline gets: the argument's bytes and descriptors.
+pub(crate) type CallInput = (Vec<u8>, Vec<OwnedFd>);
+/// What a call's trampoline gives: the result's bytes and descriptors, or the failure.
+pub(crate) type CallOutput = Result<Encoded, Failure>;
+/// A plain function named for a worker.
+pub(crate) type CallEntry = Named<CallInput, CallOutput>;
 
 /// What a job asks a worker to do.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]

@@ -10,19 +10,12 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::claim::ClaimBoard;
-use super::protocol::{Encoded, Failure, StartArg};
+use super::protocol::{CallEntry, CallInput, CallOutput, Encoded, Failure, StartArg};
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
 use super::stateful::Worker;
 use crate::ipc::{Connection, PassFd, wire};
-use crate::start::entry::{Named, Trampoline};
+use crate::start::entry::Trampoline;
 use crate::start::take_last_panic;
-
-/// What a call's trampoline gets: the argument's bytes and descriptors.
-pub(crate) type CallInput = (Vec<u8>, Vec<OwnedFd>);
-/// What a call's trampoline gives: the result's bytes and descriptors, or the failure.
-pub(crate) type CallOutput = Result<Encoded, Failure>;
-/// A plain function named for a worker.
-pub(crate) type CallEntry = Named<CallInput, CallOutput>;
 
 /// How a plain pool's worker starts.
 #[derive(serde::Serialize, serde::Deserialize)]

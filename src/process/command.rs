@@ -9,7 +9,7 @@ use super::Process;
 use crate::start::Options;
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
-use crate::start::spawn::{ChildSetup, spawn_command, watch_or_kill};
+use crate::start::{ChildSetup, spawn_command, watch_or_kill};
 use crate::{exit, sys};
 
 /// An external program, started with the same handle semantics as a function child:

@@ -1,7 +1,5 @@
 //! Introspection as Python's `multiprocessing` offers it: this process, and our children.
 
-use std::sync::Mutex;
-
 use crate::{exit, sys};
 
 /// This process as the crate sees it: what [`current_process`] returns.
@@ -49,14 +47,6 @@ impl CurrentProcess {
     }
 }
 
-// Set in a function child before its function runs; a fork-server child overwrites the
-// name it inherited from the server.
-static NAME: Mutex<Option<String>> = Mutex::new(None);
-
-pub(crate) fn set_name(name: &str) {
-    *NAME.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
-}
-
 /// This process: its name (`MainProcess` unless it is a function child of ours), pid
 /// and parent's pid. Python's `multiprocessing.current_process()`.
 ///
@@ -76,7 +66,7 @@ pub(crate) fn set_name(name: &str) {
 /// # }
 /// ```
 pub fn current_process() -> CurrentProcess {
-    let name = NAME.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let name = crate::start::own_name();
     CurrentProcess {
         name: name.unwrap_or_else(|| "MainProcess".to_string()),
         pid: std::process::id(),

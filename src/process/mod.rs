@@ -7,7 +7,6 @@ mod current;
 pub use builder::ProcessBuilder;
 pub use command::Command;
 pub use current::{ActiveChild, CurrentProcess, active_children, current_process};
-pub(crate) use current::set_name as set_current_name;
 pub(crate) use crate::start::Options;
 pub use crate::start::StartMethod;
 
@@ -254,10 +253,6 @@ impl<R> Process<R> {
     /// ```
     pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.watch.pidfd()
-    }
-
-    pub(crate) fn unlist(&mut self) {
-        self.watch.unlist();
     }
 
     /// Sends `SIGTERM`: asks the child to stop. A no-op once it has exited.

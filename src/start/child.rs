@@ -14,21 +14,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::entry::{Named, Trampoline};
+use super::entry::Trampoline;
 use super::identity;
-use super::protocol::{CHILD_ENV, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
+use super::protocol::{CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 use crate::sys;
 
-/// A function named for a child: called with the control socket, gives the exit code.
-pub(crate) type Entry = Named<Control, i32>;
-
-/// The child's end of the control socket.
-pub(crate) struct Control {
-    read: ReadHalf,
-    write: WriteHalf,
-    socket: Arc<SocketFd>,
-}
 
 impl Control {
     fn report<R: Serialize>(&mut self, outcome: &Outcome<R>) {
@@ -105,7 +96,7 @@ fn run_with_control(mut control: Control) -> i32 {
         }
     }
     sys::set_thread_name(&start.name);
-    crate::process::set_current_name(&start.name);
+    set_own_name(&start.name);
     if start.identity != identity::current() {
         control.report(&Outcome::<()>::Refused(
             "the child is a different build of the program than its parent".into(),
@@ -113,6 +104,19 @@ fn run_with_control(mut control: Control) -> i32 {
         return EXIT_FAILED;
     }
     start.entry.call(control)
+}
+
+// Set in a function child before its function runs; a fork-server child overwrites the
+// name it inherited from the server.
+static OWN_NAME: Mutex<Option<String>> = Mutex::new(None);
+
+fn set_own_name(name: &str) {
+    *OWN_NAME.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
+}
+
+/// The name this process was given as a function child, if it is one.
+pub(crate) fn own_name() -> Option<String> {
+    OWN_NAME.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Moves the control socket off descriptor 0 (where the parent put it) and gives the

@@ -16,10 +16,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::child;
+use super::child::{self, RunSync};
+use super::protocol::Entry;
+use super::control::start_message;
+use super::exec::spawn_by_exec;
+use super::options::{Options, StartMethod};
 use crate::error::{Error, Result};
+use crate::exit::ExitWatch;
 use crate::ipc::{Connection, PassFd};
-use crate::process::Process;
 use crate::sys::{self, Forked};
 
 #[derive(Serialize, Deserialize)]
@@ -68,25 +72,48 @@ fn zygote(conn: Connection<Reply, Request>) {
     }
 }
 
+/// The running zygote: its exit, and the connection it takes requests on.
 struct Zygote {
-    process: Process<()>,
+    watch: ExitWatch,
     conn: Connection<Request, Reply>,
 }
+
+impl Zygote {
+    fn is_alive(&mut self) -> bool {
+        matches!(self.watch.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // The watch reaps it, now or in the background.
+        if self.watch.exit().is_none() {
+            let _ = self.watch.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// The zygote's name, as `ps` shows it.
+const NAME: &str = "mp-forkserver";
 
 static ZYGOTE: Mutex<Option<Zygote>> = Mutex::new(None);
 
 fn start_zygote() -> Result<Zygote> {
     let (conn, theirs) = crate::ipc::pipe::<Request, Reply>()?;
-    let mut process = Process::builder()
-        .name("mp-forkserver")
-        .start_method(crate::StartMethod::Exec)
-        .die_with_parent(true)
-        .kill_on_drop(true)
-        .spawn(zygote, theirs)?;
-    // The server is the crate's own business, not one of the program's children.
-    process.unlist();
-    tracing::debug!(pid = process.pid(), "fork server started");
-    Ok(Zygote { process, conn })
+    let options = Options {
+        name: Some(NAME.into()),
+        start_method: Some(StartMethod::Exec),
+        die_with_parent: Some(true),
+        kill_on_drop: true,
+        ..Options::default()
+    };
+    let entry = Entry::new::<RunSync<_, ()>>(zygote as fn(_))?;
+    let start = start_message(&options, NAME, entry);
+    // The server is the crate's own business, not one of the program's children: its
+    // watch is never listed among them, and its outcome is never read.
+    let watch = spawn_by_exec(&options, &start, &theirs)?.watch;
+    tracing::debug!(pid = watch.pid(), "fork server started");
+    Ok(Zygote { watch, conn })
 }
 
 /// How long the zygote may take to answer. It does nothing but fork, so only a zygote
@@ -111,7 +138,7 @@ fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
             std::io::ErrorKind::TimedOut,
             format!(
                 "fork server {} did not answer within {after:?}",
-                zygote.process.pid()
+                zygote.watch.pid()
             ),
         ))),
         Err(err) => Err(err),
@@ -127,7 +154,7 @@ fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
 /// zombie until we exit.)
 pub(crate) fn fork_child(control: &OwnedFd) -> Result<(u32, OwnedFd)> {
     let mut slot = ZYGOTE.lock().unwrap_or_else(|p| p.into_inner());
-    if slot.as_mut().is_none_or(|z| !z.process.is_alive()) {
+    if slot.as_mut().is_none_or(|z| !z.is_alive()) {
         // Dropping a dead zygote's handle reaps it.
         *slot = Some(start_zygote()?);
     }

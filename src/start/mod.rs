@@ -6,14 +6,20 @@
 
 pub(crate) mod parent_death_thread;
 mod child;
+mod command;
+mod control;
 pub(crate) mod entry;
+mod exec;
 mod forkserver;
 mod options;
 pub(crate) mod identity;
 pub(crate) mod protocol;
-pub(crate) mod spawn;
+mod spawn;
 
 pub use options::StartMethod;
 pub(crate) use options::Options;
-pub(crate) use child::{Entry, RunAsync, RunSync, take_last_panic};
-pub(crate) use spawn::{Spawned, spawn_function};
+pub(crate) use child::{RunAsync, RunSync, own_name, take_last_panic};
+pub(crate) use protocol::Entry;
+pub(crate) use command::{ChildSetup, spawn_command, watch_or_kill};
+pub(crate) use control::Spawned;
+pub(crate) use spawn::spawn_function;

@@ -39,7 +39,7 @@ impl StartMethod {
     }
 
     /// The method `MULTIPROCESS_START_METHOD` asks for, read once.
-    pub(crate) fn configured() -> Result<StartMethod, crate::Error> {
+    pub(crate) fn configured() -> Result<StartMethod, crate::error::Error> {
         static CHOICE: std::sync::OnceLock<Result<StartMethod, String>> =
             std::sync::OnceLock::new();
         let choice = CHOICE.get_or_init(|| match std::env::var("MULTIPROCESS_START_METHOD") {
@@ -53,7 +53,7 @@ impl StartMethod {
         });
         choice
             .clone()
-            .map_err(|value| crate::Error::UnknownStartMethod { value })
+            .map_err(|value| crate::error::Error::UnknownStartMethod { value })
     }
 }
 
@@ -107,7 +107,7 @@ impl Options {
 
     /// Checks the working directory can be entered, so that a missing one is reported
     /// as such rather than as the program (or the spawn) failing.
-    pub(crate) fn check_current_dir(&self) -> Result<(), crate::Error> {
+    pub(crate) fn check_current_dir(&self) -> Result<(), crate::error::Error> {
         let Some(dir) = &self.current_dir else {
             return Ok(());
         };
@@ -116,14 +116,14 @@ impl Options {
             Ok(_) => std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             Err(err) => err,
         };
-        Err(crate::Error::CurrentDir {
+        Err(crate::error::Error::CurrentDir {
             path: dir.clone(),
             source: problem,
         })
     }
 
     /// Whether a fork server child can honour these options.
-    pub(crate) fn use_forkserver(&self) -> Result<bool, crate::Error> {
+    pub(crate) fn use_forkserver(&self) -> Result<bool, crate::error::Error> {
         let method = match self.start_method {
             Some(method) => method,
             None => StartMethod::configured()?,

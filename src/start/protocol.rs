@@ -2,8 +2,21 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::child::Entry;
+use std::sync::Arc;
+
+use super::entry::Named;
 use crate::error::Error;
+use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
+
+/// A function named for a child: called with the control socket, gives the exit code.
+pub(crate) type Entry = Named<Control, i32>;
+
+/// The child's end of the control socket.
+pub(crate) struct Control {
+    pub(super) read: ReadHalf,
+    pub(super) write: WriteHalf,
+    pub(super) socket: Arc<SocketFd>,
+}
 
 /// Parent to child, first frame: what to run. The argument follows as the second frame.
 #[derive(Serialize, Deserialize)]
