@@ -16,6 +16,12 @@
 //! Signals always go through a pidfd where the kernel has them, whatever the backend,
 //! so a signal never reaches a process that took over a recycled pid.
 //!
+//! Except when descriptors run short: a child started while half the descriptor limit
+//! is in use is watched through the `SIGCHLD` registry without a pidfd, whatever the
+//! backend, so that it costs one descriptor (its control socket) instead of two. By
+//! pid is safe for a child nobody else reaps (its pid stays its own until we reap it);
+//! see `unless_scarce`.
+//!
 //! Another part of the program may reap our child first (a `waitpid(-1)` loop, a
 //! library reaping by pid, `SIGCHLD` set to `SIG_IGN`). The child has then ended with a
 //! status nobody can tell us: the watch reports [`Exit::ReapedElsewhere`] and stops.
@@ -24,7 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
@@ -120,6 +126,20 @@ fn open_child_pidfd(pid: u32) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// Keeps a new child's pidfd unless descriptors are running short; then the child is
+/// watched through `SIGCHLD` instead, for one descriptor less per live child.
+///
+/// Reaping and signalling by pid are then safe as long as nobody else reaps our
+/// children: a pid we have not reaped stays ours (alive or a zombie) and cannot be
+/// recycled. A program that reaps children it does not own (`waitpid(-1)`) and runs
+/// near its descriptor limit loses that guarantee for the children started meanwhile.
+fn unless_scarce(pidfd: OwnedFd) -> Option<OwnedFd> {
+    match crate::limits::descriptors_scarce(pidfd.as_fd()) {
+        true => None,
+        false => Some(pidfd),
+    }
+}
+
 enum Kind {
     Pidfd(Pidfd),
     Sigchld(Arc<Slot>),
@@ -170,12 +190,12 @@ impl ExitWatch {
             },
             (Reaper::Sigchld, false) => None,
         };
-        Ok(ExitWatch::watching(pid, pidfd))
+        Ok(ExitWatch::watching(pid, pidfd.and_then(unless_scarce)))
     }
 
     /// Starts watching a child of ours whose pidfd we already hold.
     pub(crate) fn from_pidfd(pid: u32, pidfd: OwnedFd) -> ExitWatch {
-        ExitWatch::watching(pid, Some(pidfd))
+        ExitWatch::watching(pid, unless_scarce(pidfd))
     }
 
     fn watching(pid: u32, pidfd: Option<OwnedFd>) -> ExitWatch {
@@ -222,7 +242,7 @@ impl ExitWatch {
     pub(crate) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         match &self.kind {
             Some(Kind::Pidfd(pidfd)) => Some(pidfd.fd()),
-            Some(Kind::Sigchld(slot)) => slot.pidfd.as_ref().map(|fd| fd.as_fd()),
+            Some(Kind::Sigchld(slot)) => slot.pidfd(self.pid),
             None => None,
         }
     }
@@ -268,7 +288,7 @@ impl ExitWatch {
 
     fn let_go(&mut self) {
         if let Some(Kind::Sigchld(slot)) = self.kind.take() {
-            registry().forget(self.pid, &slot);
+            let _ = registry().forget(self.pid, &slot);
         }
         self.unlist();
     }
@@ -407,6 +427,7 @@ fn adopt_orphan(mut orphan: ExitWatch) {
         // died with its runtime and no waiter is left to start another, so start one
         // here; outside a runtime the next spawn sweeps the orphans instead.
         slot.orphan.store(true, Ordering::Release);
+        registry().orphans.fetch_add(1, Ordering::AcqRel);
         orphan.kind = None;
         let _ = registry().ensure_driver();
         return;
@@ -474,11 +495,9 @@ pub(crate) fn reap_orphans() {
         done
     };
     drop(finished);
-    if reaper() == Reaper::Sigchld {
-        // Only the orphans: awaited children are the driver's business, and sweeping
-        // them all on every spawn would make spawning n children cost n² waitpids.
-        registry().sweep(true);
-    }
+    // Only the orphans: awaited children are the driver's business, and sweeping them
+    // all on every spawn would make spawning n children cost n² waitpids.
+    registry().sweep_orphans();
 }
 
 /// Our children that have not been reaped, with their names, for `active_children`.
@@ -526,8 +545,9 @@ pub(crate) struct Slot {
     // Where the kernel has pidfds, the child is reaped and signalled through one even
     // under this backend: a pid reaped by someone else and recycled can then never be
     // reaped or signalled by mistake. Without, `kill` under the lock below is the best
-    // there is, and is safe unless someone else reaps our children.
-    pidfd: Option<OwnedFd>,
+    // there is, and is safe unless someone else reaps our children. A child watched
+    // without one to spare descriptors gets one on demand, when the program asks for it.
+    pidfd: OnceLock<OwnedFd>,
 }
 
 impl Slot {
@@ -536,7 +556,7 @@ impl Slot {
     fn try_reap(&self, pid: u32) -> io::Result<Option<Exit>> {
         let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
         if exit.is_none() {
-            *exit = reaped_elsewhere_on_echild(match &self.pidfd {
+            *exit = reaped_elsewhere_on_echild(match self.pidfd.get() {
                 Some(fd) => sys::waitid_pidfd(fd.as_fd()),
                 None => sys::waitpid_nohang(pid),
             })?;
@@ -549,16 +569,33 @@ impl Slot {
         if exit.is_some() {
             return Ok(());
         }
-        match &self.pidfd {
+        match self.pidfd.get() {
             Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
             None => sys::kill(pid, signal),
         }
+    }
+
+    /// The child's pidfd, opened now if it was watched without one. Opened under the
+    /// lock, while the child is unreaped and its pid therefore still names it.
+    fn pidfd(&self, pid: u32) -> Option<std::os::fd::BorrowedFd<'_>> {
+        if self.pidfd.get().is_none() && sys::pidfd_supported() {
+            let exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+            if exit.is_none() && self.pidfd.get().is_none() {
+                if let Ok(fd) = sys::pidfd_open(pid) {
+                    let _ = self.pidfd.set(fd);
+                }
+            }
+        }
+        self.pidfd.get().map(|fd| fd.as_fd())
     }
 }
 
 struct Registry {
     children: Mutex<HashMap<u32, Arc<Slot>>>,
     driver_alive: AtomicBool,
+    // How many slots may be orphans (never fewer than there are), so that a spawn
+    // need not look through thousands of awaited children to find none.
+    orphans: AtomicUsize,
 }
 
 fn registry() -> &'static Registry {
@@ -566,6 +603,7 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| Registry {
         children: Mutex::new(HashMap::new()),
         driver_alive: AtomicBool::new(false),
+        orphans: AtomicUsize::new(0),
     })
 }
 
@@ -575,7 +613,7 @@ impl Registry {
             exit: Mutex::new(None),
             waker: AtomicWaker::new(),
             orphan: AtomicBool::new(false),
-            pidfd,
+            pidfd: pidfd.map(OnceLock::from).unwrap_or_default(),
         });
         self.lock().insert(pid, slot.clone());
         slot
@@ -583,11 +621,13 @@ impl Registry {
 
     /// Forgets `pid` if it still names `slot`: a pid reaped elsewhere may have been
     /// recycled for a newer child of ours, whose slot must stay.
-    fn forget(&self, pid: u32, slot: &Arc<Slot>) {
+    fn forget(&self, pid: u32, slot: &Arc<Slot>) -> bool {
         let mut children = self.lock();
-        if children.get(&pid).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+        let ours = children.get(&pid).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if ours {
             children.remove(&pid);
         }
+        ours
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Slot>>> {
@@ -614,7 +654,16 @@ impl Registry {
             }
         }
         for (pid, slot) in reaped_orphans {
-            self.forget(pid, &slot);
+            if self.forget(pid, &slot) {
+                self.orphans.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Reaps the orphans that have exited, if there may be any.
+    fn sweep_orphans(&self) {
+        if self.orphans.load(Ordering::Acquire) > 0 {
+            self.sweep(true);
         }
     }
 

@@ -134,6 +134,17 @@
 //! - A hostile or broken peer on a connection gives an error (oversized frames are
 //!   refused before allocation), never a panic, a hang or unbounded memory.
 //!
+//! # Descriptors
+//!
+//! A live child costs its parent two descriptors (its control socket and its pidfd),
+//! and one only once half the descriptor limit is in use: a child started then is
+//! watched through `SIGCHLD` instead of a pidfd, so 10,000 children live together
+//! within a limit of 20,000. The first spawn (or pool) raises the soft descriptor limit
+//! (`RLIMIT_NOFILE`, often 1,024) to the hard limit, as Go's runtime does, and every
+//! process the crate starts gets the original soft limit back before it runs, so an
+//! external program using `select(2)` sees what it would have seen. A limit the
+//! program sets itself after that is left as it is.
+//!
 //! Linux only (kernel 5.3 or later for pidfds; older kernels fall back to `SIGCHLD`).
 
 #![warn(missing_docs)]
@@ -158,6 +169,7 @@ on_linux! {
 mod error;
 mod exit;
 mod ipc;
+mod limits;
 mod pool;
 mod process;
 mod queue;

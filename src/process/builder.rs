@@ -14,8 +14,10 @@ use crate::start::{self, Entry};
 /// Configures and starts a child process running one of our functions.
 ///
 /// Made by [`Process::builder`]. Every child starts with default signal dispositions
-/// and no signal blocked (whatever the parent ignores or masks), and with no descriptor
-/// above stdio except its own control socket. Defaults: the parent's environment and
+/// and no signal blocked (whatever the parent ignores or masks), with no descriptor
+/// above stdio except its own control socket, and with the soft descriptor limit this
+/// process started with (the crate raised its own at the first spawn; see the crate's
+/// "Descriptors"). Defaults: the parent's environment and
 /// working directory (the one of the moment of the spawn), named `Process-N`, killed
 /// when its handle is dropped and when this process dies (even by `SIGKILL`), in the
 /// parent's process group. `kill_on_drop(false)` makes a detached child: it outlives

@@ -180,6 +180,7 @@ impl Command {
     /// # }
     /// ```
     pub fn spawn(&mut self) -> Result<Process<()>> {
+        crate::limits::raise_descriptor_limit();
         exit::reap_orphans();
         self.options.check_current_dir()?;
         let name = self

@@ -244,7 +244,9 @@ impl<R> Process<R> {
     /// the child has been reaped (its descriptor is closed then, so that a program
     /// awaiting thousands of children does not hold one for each that ended), on
     /// kernels without pidfds (Linux before 5.3), and for a child reaped elsewhere
-    /// before the crate could open one. See also the handle's [`AsFd`](std::os::fd::AsFd).
+    /// before the crate could open one. A child started while half the descriptor limit
+    /// was in use is watched without a pidfd (see the crate's "Descriptors"); asking
+    /// for it here opens one then. See also the handle's [`AsFd`](std::os::fd::AsFd).
     ///
     /// ```
     /// let child = multiprocess::spawn_process(|()| (), ())?;

@@ -24,16 +24,22 @@ pub(crate) struct ChildSetup {
 
 impl ChildSetup {
     /// Installs the setup on `command`. Every child starts with default signal
-    /// dispositions and an empty mask, and with no descriptor above stdio but those in
-    /// `inherit`.
+    /// dispositions and an empty mask, with no descriptor above stdio but those in
+    /// `inherit`, and with the soft descriptor limit this process started with (the
+    /// crate raised its own, see `limits`).
     pub(crate) fn install(self, command: &mut std::process::Command) {
         let ChildSetup {
             inherit,
             memory_limit,
             die_with,
         } = self;
+        // Read before the fork: the child only compares and sets.
+        let raised = crate::limits::raised();
         let after_fork = move || -> io::Result<()> {
             sys::reset_signals();
+            if let Some(raised) = raised {
+                raised.restore_in_child()?;
+            }
             sys::cloexec_from(3)?;
             for (source, target) in &inherit {
                 sys::dup2_inheritable(*source, *target)?;
@@ -50,7 +56,7 @@ impl ChildSetup {
             Ok(())
         };
         // SAFETY: the closure runs between fork and exec and calls only sigaction,
-        // sigprocmask, close_range, getrlimit, fcntl, dup2, setrlimit, prctl and
+        // sigprocmask, getrlimit, setrlimit, close_range, fcntl, dup2, prctl and
         // getppid, all async-signal-safe; `inherit` was allocated before the fork and
         // is only read.
         unsafe {

@@ -23,6 +23,7 @@ pub(crate) fn spawn_function<A: Serialize>(
     // The hook must be in the binary for the child to find its way; using it here keeps
     // the linker from dropping it.
     std::hint::black_box(&child::BOOTSTRAP_HOOK);
+    crate::limits::raise_descriptor_limit();
     exit::reap_orphans();
     let name = &options.resolved_name();
     let entry = entry.map_err(|source| Error::Spawn {
