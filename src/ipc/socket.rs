@@ -25,6 +25,10 @@ mod bytes;
 
 /// The smallest read we issue, so that many small frames arrive in one syscall.
 const READ_CHUNK: usize = 64 << 10;
+/// The first read of a stream takes this much: most streams (a child's control socket
+/// above all) carry a few small frames in their life, and a process awaiting 10,000
+/// children should not hold 64 KiB for each.
+const FIRST_READ_CHUNK: usize = 4 << 10;
 /// Receive buffers larger than this are released once drained.
 const KEEP_BUFFER: usize = 4 << 20;
 /// Descriptors that may wait for their frame; a peer sending more is misbehaving.
@@ -272,7 +276,11 @@ impl ReadHalf {
         let missing = self
             .missing_of_current_frame()
             .unwrap_or_else(|| HEADER_LEN - available);
-        let want = READ_CHUNK.max(missing.min(available));
+        let chunk = match self.buf.capacity() {
+            0 => FIRST_READ_CHUNK,
+            _ => READ_CHUNK,
+        };
+        let want = chunk.max(missing.min(available));
         if self.buf.len() - self.end >= want {
             return;
         }
