@@ -269,3 +269,155 @@ async fn connection_send_cancelled_at_random_points_sends_each_message_once() {
     assert!(cancelled > 0, "no send was cancelled");
     leaks.finish().await;
 }
+
+/// A message far larger than the queue's socket holds, so that its frame stops part
+/// way whenever the other side stops reading.
+fn large_body() -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(
+        (0..8usize << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn put_large(queue: Queue<serde_bytes::ByteBuf>) {
+    queue.put_blocking(large_body()).unwrap();
+}
+
+/// Takes messages until the queue closes; returns their lengths.
+fn message_lengths(queue: Queue<serde_bytes::ByteBuf>) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    loop {
+        match queue.get_blocking() {
+            Ok(message) => lengths.push(message.len()),
+            Err(Error::Closed) => return lengths,
+            Err(err) => panic!("get failed: {err}"),
+        }
+    }
+}
+
+/// This process's socket descriptors.
+fn sockets() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// The sockets a new queue adds to this process.
+fn sockets_of_new_queue() -> (Queue<serde_bytes::ByteBuf>, Vec<i32>) {
+    let before = sockets();
+    let queue = Queue::new(4).unwrap();
+    let added = sockets()
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .collect();
+    (queue, added)
+}
+
+/// Whether bytes wait to be read on one of `fds`: a frame is under way.
+fn frame_under_way(fds: &[i32]) -> bool {
+    fds.iter().any(|&fd| {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int at the pointer, which points at a live local;
+        // `fd` is a socket of the queue, open for the whole test.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) };
+        rc == 0 && unread > 0
+    })
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Resumes `pid` if the test has not reported back within a minute (a drop that
+/// blocks its thread until the stopped process goes on); says whether it had to.
+fn watchdog(pid: u32) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (done, report) = std::sync::mpsc::channel();
+    let watch = std::thread::spawn(move || {
+        let hung = report.recv_timeout(Duration::from_secs(60)).is_err();
+        if hung {
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+        hung
+    });
+    (done, watch)
+}
+
+/// A `get` cancelled in the middle of a large message whose producer has stopped
+/// returns at once: the rest is read by a task, not by the dropping thread, and the
+/// message comes whole with the next `get` once the producer goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_get_of_a_large_message_never_blocks_the_runtime_thread() {
+    let leaks = common::LeakCheck::start().await;
+    let (queue, fds) = sockets_of_new_queue();
+    let producer = spawn_process(put_large, queue.clone()).unwrap();
+    let pid = producer.pid();
+    common::eventually("the large frame under way", || frame_under_way(&fds)).await;
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let (done, watch) = watchdog(pid);
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), queue.get()).await;
+    let _ = done.send(());
+    assert!(
+        !watch.join().unwrap(),
+        "the cancelled get blocked its thread until the producer went on"
+    );
+    assert!(cancelled.is_err(), "got a message from a stopped producer");
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    let got = queue.get_timeout(Duration::from_secs(60)).await.unwrap();
+    assert!(got == large_body(), "the large message came back torn");
+    producer.await.unwrap();
+    assert!(matches!(queue.try_get(), Err(Error::Empty)));
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// A `put` of a large message cancelled while its consumer has stopped returns at
+/// once: the rest of the frame is written by a task, marked withdrawn, so the consumer
+/// never sees the message and the queue goes on working.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_put_of_a_large_message_never_blocks_the_runtime_thread() {
+    let leaks = common::LeakCheck::start().await;
+    let (queue, fds) = sockets_of_new_queue();
+    let consumer = spawn_process(message_lengths, queue.clone()).unwrap();
+    let pid = consumer.pid();
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let mut put = Box::pin(queue.put(large_body()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !frame_under_way(&fds) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frame never began"
+        );
+        tokio::select! {
+            put = &mut put => panic!("a put finished with its consumer stopped: {put:?}"),
+            () = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
+    // Let the put fill the socket and wait for room.
+    assert!(futures::poll!(put.as_mut()).is_pending());
+    let (done, watch) = watchdog(pid);
+    drop(put);
+    let _ = done.send(());
+    assert!(
+        !watch.join().unwrap(),
+        "the cancelled put blocked its thread until the consumer went on"
+    );
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    queue
+        .put(serde_bytes::ByteBuf::from(b"after".to_vec()))
+        .await
+        .unwrap();
+    queue.close();
+    assert_eq!(
+        consumer.await.unwrap(),
+        vec![5],
+        "the withdrawn message arrived"
+    );
+    drop(queue);
+    leaks.finish().await;
+}

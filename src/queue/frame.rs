@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use crate::error::{Error, Result};
 use crate::ipc::SocketFd;
 use crate::ipc::wire::{self, HEADER_LEN};
-use crate::sync::{OwnerWatch, watch_owner};
+use crate::sync::{Attempt, OwnerWatch, watch_owner};
 use crate::sys::{self, Wait};
 
 /// The status byte of a frame its producer finished.
@@ -38,13 +38,6 @@ pub(super) struct RawFrame {
 /// and kept, in order, for the next `get` in this process.
 pub(super) type Pending = Mutex<VecDeque<RawFrame>>;
 
-/// Where a frame read stands: finished, or waiting for more bytes.
-pub(super) enum Step {
-    Done(RawFrame),
-    /// Nothing to read right now: wait for the socket or the writer's death.
-    Wait,
-}
-
 #[derive(Clone, Copy)]
 enum Part {
     Header,
@@ -52,14 +45,11 @@ enum Part {
     Trailer,
 }
 
-/// One frame read piece by piece as it arrives, never past its end. If the read is
-/// dropped part way (a cancelled `get`), the rest of the frame is read (blocking: it
-/// is already on its way) and the message kept in `pending`, so that the next consumer
-/// starts at a frame boundary and nothing is lost.
-pub(super) struct FrameRead<'a> {
-    reader: &'a SocketFd,
-    writer: WriterWatch<'a>,
-    pending: &'a Pending,
+/// One frame read piece by piece as it arrives, never past its end, by attempts that
+/// never wait (see [`attempt`](Self::attempt)). It borrows nothing, so that a read
+/// whose `get` was cancelled can be handed to a task that finishes it.
+pub(super) struct FrameRead {
+    writer: WriterWatch,
     header: [u8; HEADER_LEN],
     header_got: usize,
     payload: Option<Vec<u8>>,
@@ -68,20 +58,14 @@ pub(super) struct FrameRead<'a> {
     trailer_got: usize,
     fds: Vec<OwnedFd>,
     control: Vec<u8>,
-    done: bool,
 }
 
-impl<'a> FrameRead<'a> {
+impl FrameRead {
     /// Starts reading the frame of a socket entry just taken from the ring, under the
-    /// read lock. `writer` is the queue's word naming the producer writing a frame.
-    pub(super) fn new(reader: &'a SocketFd, writer: &'a AtomicU64, pending: &'a Pending) -> Self {
+    /// read lock.
+    pub(super) fn new() -> Self {
         FrameRead {
-            reader,
-            writer: WriterWatch {
-                writer,
-                watching: None,
-            },
-            pending,
+            writer: WriterWatch { watching: None },
             header: [0; HEADER_LEN],
             header_got: 0,
             payload: None,
@@ -90,7 +74,6 @@ impl<'a> FrameRead<'a> {
             trailer_got: 0,
             fds: Vec::new(),
             control: sys::control_buffer(),
-            done: false,
         }
     }
 
@@ -103,20 +86,14 @@ impl<'a> FrameRead<'a> {
     }
 
     /// One receive into whatever part is missing. `Ok(None)`: end of stream.
-    fn receive(&mut self) -> io::Result<Option<usize>> {
+    fn receive(&mut self, reader: &SocketFd) -> io::Result<Option<usize>> {
         let part = self.part();
         let target = match part {
             Part::Header => &mut self.header[self.header_got..],
             Part::Payload => &mut self.payload.as_mut().expect("header read")[self.payload_got..],
             Part::Trailer => &mut self.trailer[self.trailer_got..],
         };
-        let n = sys::recv_with_fds(
-            self.reader.fd(),
-            target,
-            &mut self.control,
-            &mut self.fds,
-            Wait::No,
-        )?;
+        let n = sys::recv_with_fds(reader.fd(), target, &mut self.control, &mut self.fds, Wait::No)?;
         match (n, part) {
             (0, _) => return Ok(None),
             (n, Part::Header) => self.header_got += n,
@@ -126,29 +103,27 @@ impl<'a> FrameRead<'a> {
         Ok(Some(n))
     }
 
-    /// Reads what has arrived, without waiting: the frame, or `Step::Wait`.
-    pub(super) fn step(&mut self) -> Result<Step> {
-        let step = self.try_step();
-        // A frame that cannot be read is not read again on drop.
-        self.done |= step.is_err();
-        step
-    }
-
-    fn try_step(&mut self) -> Result<Step> {
+    /// Reads what has arrived, without waiting: the frame, or what to wait for (the
+    /// socket, or the death of the producer that owes the rest). `writer` is the
+    /// queue's word naming the producer writing a frame.
+    pub(super) fn attempt<'q>(
+        &mut self,
+        reader: &'q SocketFd,
+        writer: &AtomicU64,
+    ) -> Result<Attempt<'q, RawFrame>> {
         loop {
             if self.header_got == HEADER_LEN && self.payload.is_none() {
                 let header = wire::read_header(&self.header, wire::DEFAULT_MAX_FRAME_LEN)?;
                 self.payload = Some(vec![0u8; header.len]);
             }
             if self.trailer_got == TRAILER_LEN {
-                self.done = true;
-                return Ok(Step::Done(RawFrame {
+                return Ok(Attempt::Ready(RawFrame {
                     payload: self.payload.take().expect("header read"),
                     fds: std::mem::take(&mut self.fds),
                     withdrawn: self.trailer[0] != DELIVERED,
                 }));
             }
-            match self.receive() {
+            match self.receive(reader) {
                 Ok(Some(_)) => {}
                 Ok(None) if self.header_got == 0 => {
                     return Err(Error::Protocol(
@@ -160,51 +135,15 @@ impl<'a> FrameRead<'a> {
                         "the queue's stream ended in the middle of a message".into(),
                     ));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Wait),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let owner = self.writer.owing(reader, writer)?;
+                    return Ok(Attempt::Wait(crate::sync::Wait::Readable {
+                        socket: reader,
+                        owner,
+                    }));
+                }
                 Err(e) => return Err(Error::from_io(e)),
             }
-        }
-    }
-
-    /// Completes the frame, waiting through tokio's reactor.
-    pub(super) async fn run(&mut self) -> Result<RawFrame> {
-        loop {
-            match self.step()? {
-                Step::Done(frame) => return Ok(frame),
-                Step::Wait => self.writer.wait(self.reader).await?,
-            }
-        }
-    }
-
-    /// Completes the frame, blocking the thread.
-    pub(super) fn run_blocking(&mut self) -> Result<RawFrame> {
-        loop {
-            match self.step()? {
-                Step::Done(frame) => return Ok(frame),
-                Step::Wait => self.writer.wait_blocking(self.reader)?,
-            }
-        }
-    }
-}
-
-impl Drop for FrameRead<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        // The entry is taken: its frame is ours to read, cancelled or not.
-        match self.run_blocking() {
-            Ok(frame) if !frame.withdrawn => {
-                tracing::debug!(
-                    "queue get cancelled in the middle of a message; kept for the next get"
-                );
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back(frame);
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(%err, "queue get cancelled; its message could not be read"),
         }
     }
 }
@@ -227,25 +166,24 @@ pub(super) fn arrived(reader: &SocketFd, writer: &AtomicU64) -> Result<bool> {
 
 /// The producer writing the frame a consumer reads, by its token in the queue's
 /// shared word; the watch on it is opened once per producer.
-struct WriterWatch<'a> {
-    writer: &'a AtomicU64,
+struct WriterWatch {
     watching: Option<(u64, Option<OwnerWatch>)>,
 }
 
-impl WriterWatch<'_> {
+impl WriterWatch {
     /// The watch on the producer that still owes bytes, `None` if none does (the frame
     /// is whole in the socket). A producer that is gone while nothing more can be read
     /// will never finish its frame: `OwnerDied`.
-    fn owing(&mut self, reader: &SocketFd) -> Result<Option<&OwnerWatch>> {
-        let token = self.writer.load(SeqCst);
+    fn owing(&mut self, reader: &SocketFd, writer: &AtomicU64) -> Result<Option<OwnerWatch>> {
+        let token = writer.load(SeqCst);
         if token == 0 {
             return Ok(None);
         }
         if self.watching.as_ref().map(|(t, _)| *t) != Some(token) {
             self.watching = Some((token, watch_owner(token)?));
         }
-        let watch = self.watching.as_ref().and_then(|(_, w)| w.as_ref());
-        let alive = match watch {
+        let watch = self.watching.as_ref().and_then(|(_, w)| w.clone());
+        let alive = match &watch {
             Some(watch) => !sys::poll_one(watch.fd(), false, 0)?,
             None => false,
         };
@@ -257,36 +195,6 @@ impl WriterWatch<'_> {
             false => Err(Error::OwnerDied {
                 pid: (token >> 32) as u32,
             }),
-        }
-    }
-
-    /// Waits until the socket is readable or the producer owing bytes is gone.
-    async fn wait(&mut self, reader: &SocketFd) -> Result<()> {
-        match self.owing(reader)? {
-            None => reader.readable().await,
-            Some(watch) => {
-                tokio::select! {
-                    ready = reader.readable() => ready,
-                    died = watch.died() => died,
-                }
-            }
-        }
-    }
-
-    /// [`wait`](Self::wait), blocking the thread in `poll(2)`.
-    fn wait_blocking(&mut self, reader: &SocketFd) -> Result<()> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let watch = self.owing(reader)?;
-        let mut fds = vec![PollFd::new(reader.fd(), PollFlags::POLLIN)];
-        if let Some(watch) = watch {
-            fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
-        }
-        loop {
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Error::Io(e.into())),
-            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! [`JoinableQueue`]: a [`Queue`] that counts unfinished messages, by delegation.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Queue;
 use crate::error::{Error, Result};
+use crate::sync::{Patience, Step, deadline_after, waited_forever};
 use std::sync::atomic::Ordering::SeqCst;
 
 /// A [`Queue`] that also counts unfinished messages, like Python's `JoinableQueue`:
@@ -134,14 +135,17 @@ impl<T> JoinableQueue<T> {
     /// See [`JoinableQueue`] for an example.
     pub async fn join(&self) -> Result<()> {
         let done = self.done()?;
-        done.arm()?;
-        loop {
-            let seen = done.observe();
-            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
-                return Ok(());
-            }
-            done.wait(seen, &[]).await?;
-        }
+        done.drive(None, Patience::FOREVER, || self.join_step())
+            .await
+            .and_then(waited_forever)
+    }
+
+    /// One attempt of `join`.
+    fn join_step(&self) -> Result<Step<()>> {
+        Ok(match self.unfinished() == 0 || self.queue.is_shut_down_now() {
+            true => Step::Ready(()),
+            false => Step::Wait(Vec::new()),
+        })
     }
 
     /// Waits until every message put has been marked done, blocking the calling thread.
@@ -152,7 +156,9 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn join_blocking(&self) -> Result<()> {
-        self.join_blocking_until(None).map(drop)
+        let done = self.done()?;
+        done.drive_blocking(None, Patience::FOREVER, || self.join_step())
+            .and_then(waited_forever)
     }
 
     /// [`join`](Self::join) with a time limit: [`Error::Timeout`] if messages are
@@ -170,9 +176,11 @@ impl<T> JoinableQueue<T> {
     /// # }
     /// ```
     pub async fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.join())
-            .await
-            .unwrap_or(Err(Error::Timeout { after: timeout }))
+        let done = self.done()?;
+        let patience = Patience::Until(deadline_after(timeout));
+        done.drive(None, patience, || self.join_step())
+            .await?
+            .ok_or(Error::Timeout { after: timeout })
     }
 
     /// [`join_blocking`](Self::join_blocking) with a time limit: [`Error::Timeout`] if
@@ -190,28 +198,12 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn join_blocking_timeout(&self, timeout: Duration) -> Result<()> {
-        match self.join_blocking_until(Some(Instant::now() + timeout))? {
-            true => Ok(()),
-            false => Err(Error::Timeout { after: timeout }),
-        }
-    }
-
-    /// `Ok(false)` if `deadline` passed first.
-    fn join_blocking_until(&self, deadline: Option<Instant>) -> Result<bool> {
         let done = self.done()?;
-        loop {
-            let seen = done.observe();
-            if self.unfinished() == 0 || self.queue.is_shut_down_now() {
-                return Ok(true);
-            }
-            if !done.wait_blocking(seen, &[], deadline)? {
-                return Ok(false);
-            }
-        }
+        let patience = Patience::Until(deadline_after(timeout));
+        done.drive_blocking(None, patience, || self.join_step())?
+            .ok_or(Error::Timeout { after: timeout })
     }
-}
 
-impl<T> JoinableQueue<T> {
     /// What `join` waits on; a plain queue received as a joinable one has none.
     fn done(&self) -> Result<&crate::sync::Notifier> {
         self.queue.inner.done.as_ref().ok_or_else(|| {

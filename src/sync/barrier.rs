@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::Lock;
-use super::{NOTIFIER_BYTES, Notifier, OwnerWatch, token, watch_owner};
+use super::{
+    Attempt, Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Patience, Wait, drive,
+    drive_blocking, token, waited_forever, watch_owner,
+};
 use crate::ipc::PassFd;
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
@@ -449,47 +452,15 @@ impl Barrier {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<u32> {
-        self.inner.wake.arm()?;
         let mut waiting = Waiting::new(self, deadline);
-        loop {
-            match waiting.next() {
-                Next::Done(result) => return waiting.finish(result),
-                Next::Lock(task) => {
-                    let held = self.enter().await?;
-                    waiting.locked(task, &held);
-                }
-                Next::Sleep { seen, until } => {
-                    let woken = self.inner.wake.wait(seen, waiting.owners());
-                    match until {
-                        Some(until) => {
-                            let until = tokio::time::Instant::from_std(until);
-                            if let Ok(woken) = tokio::time::timeout_at(until, woken).await {
-                                woken?;
-                            }
-                        }
-                        None => woken.await?,
-                    }
-                }
-            }
-        }
+        let result = drive(Patience::FOREVER, || waiting.attempt()).await?;
+        waiting.finish(waited_forever(result)?)
     }
 
     fn wait_blocking_until(&self, deadline: Option<Instant>) -> Result<u32> {
         let mut waiting = Waiting::new(self, deadline);
-        loop {
-            match waiting.next() {
-                Next::Done(result) => return waiting.finish(result),
-                Next::Lock(task) => {
-                    let held = self.enter_blocking()?;
-                    waiting.locked(task, &held);
-                }
-                Next::Sleep { seen, until } => {
-                    self.inner
-                        .wake
-                        .wait_blocking(seen, waiting.owners(), until)?;
-                }
-            }
-        }
+        let result = drive_blocking(Patience::FOREVER, || waiting.attempt())?;
+        waiting.finish(waited_forever(result)?)
     }
 
     fn round_word(&self) -> &AtomicU64 {
@@ -513,11 +484,19 @@ impl Barrier {
         held.changed.set(true);
     }
 
-    async fn enter(&self) -> Result<Held<'_>> {
-        if !self.try_enter() {
-            self.inner.guard.acquire(true).await?;
+    /// One attempt at taking the internal lock, for a waiter run by either driver.
+    fn attempt_enter<'a>(
+        &'a self,
+        counted: &mut Option<Counted<'a>>,
+    ) -> Result<Attempt<'a, Held<'a>>> {
+        if self.try_enter() {
+            return Ok(Attempt::Ready(self.entered()));
         }
-        Ok(self.entered())
+        Ok(match self.inner.guard.attempt(counted, true, true)? {
+            Attempt::Ready(()) => Attempt::Ready(self.entered()),
+            Attempt::Again => Attempt::Again,
+            Attempt::Wait(wait) => Attempt::Wait(wait),
+        })
     }
 
     fn enter_blocking(&self) -> Result<Held<'_>> {
@@ -761,6 +740,8 @@ struct Waiting<'a> {
     watched_generation: u32,
     watched: Vec<u64>,
     watches: Vec<OwnerWatch>,
+    /// Counted as a waiter for the internal lock.
+    counted: Option<Counted<'a>>,
 }
 
 impl<'a> Waiting<'a> {
@@ -775,6 +756,32 @@ impl<'a> Waiting<'a> {
             watched_generation: 0,
             watched: Vec::new(),
             watches: Vec::new(),
+            counted: None,
+        }
+    }
+
+    /// One attempt of the wait, for either driver: ready with the wait's result.
+    fn attempt(&mut self) -> Result<Attempt<'a, Result<u32>>> {
+        match self.next() {
+            Next::Done(result) => Ok(Attempt::Ready(result)),
+            Next::Lock(task) => {
+                let barrier = self.barrier;
+                match barrier.attempt_enter(&mut self.counted)? {
+                    Attempt::Ready(held) => {
+                        self.counted = None;
+                        self.locked(task, &held);
+                        Ok(Attempt::Again)
+                    }
+                    Attempt::Again => Ok(Attempt::Again),
+                    Attempt::Wait(wait) => Ok(Attempt::Wait(wait)),
+                }
+            }
+            Next::Sleep { seen, until } => Ok(Attempt::Wait(Wait::Notified {
+                notifier: &self.barrier.inner.wake,
+                seen,
+                owners: self.watches.clone(),
+                until,
+            })),
         }
     }
 
@@ -905,10 +912,6 @@ impl<'a> Waiting<'a> {
             }
         }
         dead
-    }
-
-    fn owners(&self) -> &[OwnerWatch] {
-        &self.watches
     }
 
     /// The wait's result; a panic of the action continues here, in the party that ran

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    Lock, LockGuard, NOTIFIER_BYTES, Notifier, Step, deadline_after, is_alive, passed, token,
+    Lock, LockGuard, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, is_alive, passed, token,
 };
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
@@ -390,7 +390,7 @@ impl Condition {
         let notified = self
             .inner
             .wake
-            .drive(None, deadline, || Ok(ready_if(waiter.woken())))
+            .drive(None, Patience::Until(deadline), || Ok(ready_if(waiter.woken())))
             .await?;
         let timed_out = notified.is_none() && !waiter.withdraw();
         let guard = self.lock.lock().await?;
@@ -490,7 +490,7 @@ impl Condition {
         let notified =
             self.inner
                 .wake
-                .drive_blocking(None, deadline, || Ok(ready_if(waiter.woken())))?;
+                .drive_blocking(None, Patience::Until(deadline), || Ok(ready_if(waiter.woken())))?;
         let timed_out = notified.is_none() && !waiter.withdraw();
         let guard = self.lock.lock_blocking()?;
         waiter.finish();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{NOTIFIER_BYTES, Notifier, Step, deadline_after, waited_forever};
+use super::{NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, waited_forever};
 use crate::error::Result;
 use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
@@ -150,7 +150,7 @@ impl Event {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
-        self.inner.wake.drive(None, deadline, || self.step()).await
+        self.inner.wake.drive(None, Patience::Until(deadline), || self.step()).await
     }
 
     /// Waits until the flag is set, blocking the calling thread.
@@ -174,7 +174,7 @@ impl Event {
     }
 
     fn wait_blocking_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
-        self.inner.wake.drive_blocking(None, deadline, || self.step())
+        self.inner.wake.drive_blocking(None, Patience::Until(deadline), || self.step())
     }
 }
 

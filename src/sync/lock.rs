@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{NOTIFIER_BYTES, Notifier, Step, deadline_after, token, watch_owner};
+use super::{Attempt, Counted, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, watch_owner};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
@@ -274,6 +274,21 @@ impl Lock {
         }
     }
 
+    /// One attempt at taking the lock, as part of a larger operation run by either
+    /// driver; `counted` (kept by the operation) counts it as a waiter once it waits,
+    /// if it `enlist`s (a call that never waits does not).
+    pub(crate) fn attempt<'a>(
+        &'a self,
+        counted: &mut Option<Counted<'a>>,
+        enlist: bool,
+        ignore_poison: bool,
+    ) -> Result<Attempt<'a, ()>> {
+        let waiters = enlist.then(|| self.waiters());
+        self.inner
+            .wake
+            .attempt(waiters, counted, || self.step(ignore_poison))
+    }
+
     fn guard(&self, taken: bool) -> Option<LockGuard<'_>> {
         // Built only once taken: a guard's drop releases the lock.
         taken.then(|| LockGuard { lock: self })
@@ -332,7 +347,7 @@ impl Lock {
         let taken = self
             .inner
             .wake
-            .drive(Some(self.waiters()), deadline, || self.step(ignore_poison))
+            .drive(Some(self.waiters()), Patience::Until(deadline), || self.step(ignore_poison))
             .await?;
         Ok(taken.is_some())
     }
@@ -370,7 +385,7 @@ impl Lock {
         let taken = self
             .inner
             .wake
-            .drive_blocking(Some(self.waiters()), deadline, || self.step(ignore_poison))?;
+            .drive_blocking(Some(self.waiters()), Patience::Until(deadline), || self.step(ignore_poison))?;
         Ok(taken.is_some())
     }
 

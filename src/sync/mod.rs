@@ -15,6 +15,7 @@ mod lock;
 mod notifier;
 mod rlock;
 mod semaphore;
+mod wait;
 
 pub use barrier::Barrier;
 pub use condition::Condition;
@@ -23,6 +24,7 @@ pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
+pub(crate) use wait::{Attempt, Patience, RoomWatch, Wait, drive, drive_blocking};
 pub(crate) use notifier::{
     Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, is_alive, passed, token,
     waited_forever, watch_owner,

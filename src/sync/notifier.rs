@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::wait::{self, Attempt, Patience, Wait};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::ipc::reactor::ReadableFd;
@@ -44,8 +45,8 @@ const ASYNC_WAITERS: usize = 8;
 /// Bytes a notifier occupies in its owner's page (4-byte aligned).
 pub(crate) const NOTIFIER_BYTES: usize = 12;
 
-/// What one attempt at a wait found: the waiting layer runs such attempts, and waits in
-/// between, through either driver ([`Notifier::drive`], [`Notifier::drive_blocking`]).
+/// What one attempt at a wait on a single notifier found; [`Notifier::attempt`] makes
+/// it an [`Attempt`] of the waiting layer.
 pub(crate) enum Step<T> {
     /// Done.
     Ready(T),
@@ -209,7 +210,7 @@ impl Notifier {
     }
 
     /// [`wait`](Self::wait) until `deadline`; `Ok(false)` if it passed first.
-    async fn wait_until(
+    pub(crate) async fn wait_until(
         &self,
         seen: u32,
         owners: &[OwnerWatch],
@@ -225,84 +226,62 @@ impl Notifier {
         }
     }
 
-    /// The async driver of the waiting layer: runs `step` until it is ready, waiting
-    /// through tokio's reactor in between. `Ok(None)` once `deadline` has passed (one
-    /// last attempt is made then). `waiters`, if given, counts this waiter from its
-    /// first wait until it returns or is dropped, so that whoever changes the state
-    /// can skip notifying when nobody waits.
+    /// One attempt of a wait on this notifier alone: observes the sequence number,
+    /// runs `step`, and turns what it says into an [`Attempt`] for either driver.
+    /// `waiters`, if given, counts this waiter (in `counted`, which the operation keeps)
+    /// from the first time it must wait until the operation ends, so that whoever
+    /// changes the state can skip notifying when nobody waits; once counted it looks
+    /// again before it waits.
+    pub(crate) fn attempt<'a, T>(
+        &'a self,
+        waiters: Option<&'a AtomicU32>,
+        counted: &mut Option<Counted<'a>>,
+        step: impl FnOnce() -> Result<Step<T>>,
+    ) -> Result<Attempt<'a, T>> {
+        let seen = self.observe();
+        Ok(match step()? {
+            Step::Ready(ready) => Attempt::Ready(ready),
+            Step::Again => Attempt::Again,
+            Step::Wait(owners) => match waiters {
+                Some(waiters) if counted.is_none() => {
+                    *counted = Some(Counted::new(waiters));
+                    Attempt::Again
+                }
+                _ => Attempt::Wait(Wait::Notified {
+                    notifier: self,
+                    seen,
+                    owners,
+                    until: None,
+                }),
+            },
+        })
+    }
+
+    /// Runs `step` on the async driver until it is ready; `Ok(None)` if `patience`
+    /// ran out first. See [`attempt`](Self::attempt) for `waiters`.
     ///
     /// Cancel safe as long as `step` is: between attempts nothing is held.
     pub(crate) async fn drive<T>(
         &self,
         waiters: Option<&AtomicU32>,
-        deadline: Option<Instant>,
+        patience: Patience,
         mut step: impl FnMut() -> Result<Step<T>>,
     ) -> Result<Option<T>> {
-        if let Some(ready) = self.fast_path(&mut step)? {
-            return Ok(Some(ready));
-        }
-        if passed(deadline) {
-            return Ok(None);
-        }
-        self.arm()?;
-        let _counted = waiters.map(Counted::new);
-        loop {
-            let seen = self.observe();
-            match step()? {
-                Step::Ready(ready) => return Ok(Some(ready)),
-                Step::Again => {}
-                Step::Wait(owners) => {
-                    if !self.wait_until(seen, &owners, deadline).await? {
-                        return self.last_attempt(step);
-                    }
-                }
-            }
-        }
+        let waiters = waiters.filter(|_| !matches!(patience, Patience::Never));
+        let mut counted = None;
+        wait::drive(patience, || self.attempt(waiters, &mut counted, &mut step)).await
     }
 
-    /// The blocking driver of the waiting layer: [`drive`](Self::drive), waiting with
-    /// a futex (and `poll(2)` on owners' pidfds) instead of the reactor.
+    /// [`drive`](Self::drive) on the blocking driver.
     pub(crate) fn drive_blocking<T>(
         &self,
         waiters: Option<&AtomicU32>,
-        deadline: Option<Instant>,
+        patience: Patience,
         mut step: impl FnMut() -> Result<Step<T>>,
     ) -> Result<Option<T>> {
-        if let Some(ready) = self.fast_path(&mut step)? {
-            return Ok(Some(ready));
-        }
-        if passed(deadline) {
-            return Ok(None);
-        }
-        let _counted = waiters.map(Counted::new);
-        loop {
-            let seen = self.observe();
-            match step()? {
-                Step::Ready(ready) => return Ok(Some(ready)),
-                Step::Again => {}
-                Step::Wait(owners) => {
-                    if !self.wait_blocking(seen, &owners, deadline)? {
-                        return self.last_attempt(step);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Attempts until ready or told to wait, without counting as a waiter: the path
-    /// of an uncontended call, and all of a `try_` call.
-    fn fast_path<T>(&self, step: &mut impl FnMut() -> Result<Step<T>>) -> Result<Option<T>> {
-        loop {
-            match step()? {
-                Step::Ready(ready) => return Ok(Some(ready)),
-                Step::Again => {}
-                Step::Wait(_) => return Ok(None),
-            }
-        }
-    }
-
-    fn last_attempt<T>(&self, mut step: impl FnMut() -> Result<Step<T>>) -> Result<Option<T>> {
-        self.fast_path(&mut step)
+        let waiters = waiters.filter(|_| !matches!(patience, Patience::Never));
+        let mut counted = None;
+        wait::drive_blocking(patience, || self.attempt(waiters, &mut counted, &mut step))
     }
 
     /// Blocking form of [`wait`](Self::wait); `Ok(false)` if `deadline` passed first.
@@ -420,8 +399,11 @@ pub(crate) fn is_alive(token: u64) -> bool {
     running && start.map(|s| make_token(pid, s)) == Some(token)
 }
 
-/// A live owner's pidfd, readable once it has exited.
-pub(crate) enum OwnerWatch {
+/// A live owner's pidfd, readable once it has exited; clones share the descriptor.
+#[derive(Clone)]
+pub(crate) struct OwnerWatch(Arc<Watch>);
+
+enum Watch {
     /// Registered with the reactor, for async waits.
     Registered(AsyncFd<OwnedFd>),
     /// Plain, for blocking waits outside a runtime.
@@ -430,19 +412,19 @@ pub(crate) enum OwnerWatch {
 
 impl OwnerWatch {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            OwnerWatch::Registered(afd) => afd.get_ref().as_fd(),
-            OwnerWatch::Plain(fd) => fd.as_fd(),
+        match &*self.0 {
+            Watch::Registered(afd) => afd.get_ref().as_fd(),
+            Watch::Plain(fd) => fd.as_fd(),
         }
     }
 
     pub(crate) async fn died(&self) -> Result<()> {
-        match self {
-            OwnerWatch::Registered(afd) => {
+        match &*self.0 {
+            Watch::Registered(afd) => {
                 afd.readable().await?.retain_ready();
                 Ok(())
             }
-            OwnerWatch::Plain(_) => std::future::pending().await,
+            Watch::Plain(_) => std::future::pending().await,
         }
     }
 }
@@ -465,10 +447,10 @@ pub(crate) fn watch_owner(token: u64) -> Result<Option<OwnerWatch>> {
         return Ok(None);
     }
     if tokio::runtime::Handle::try_current().is_err() {
-        return Ok(Some(OwnerWatch::Plain(pidfd)));
+        return Ok(Some(OwnerWatch(Arc::new(Watch::Plain(pidfd)))));
     }
     // SAFETY: the `AsyncFd` owns the pidfd for the whole registration.
     let afd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
         .map_err(|e| Error::Io(e.into_parts().1))?;
-    Ok(Some(OwnerWatch::Registered(afd)))
+    Ok(Some(OwnerWatch(Arc::new(Watch::Registered(afd)))))
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{NOTIFIER_BYTES, Notifier, Step, deadline_after, token, waited_forever, watch_owner};
+use super::{NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, waited_forever, watch_owner};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
@@ -402,7 +402,7 @@ impl Semaphore {
     ) -> Result<Option<SemaphorePermit<'_>>> {
         self.inner
             .wake
-            .drive(Some(self.word(WAITERS)), deadline, || self.step())
+            .drive(Some(self.word(WAITERS)), Patience::Until(deadline), || self.step())
             .await
     }
 
@@ -439,7 +439,7 @@ impl Semaphore {
     ) -> Result<Option<SemaphorePermit<'_>>> {
         self.inner
             .wake
-            .drive_blocking(Some(self.word(WAITERS)), deadline, || self.step())
+            .drive_blocking(Some(self.word(WAITERS)), Patience::Until(deadline), || self.step())
     }
 
     /// Increments the value, waking a waiter: Python's `release()`. Any process may

@@ -1,0 +1,493 @@
+//! `put` and `get` as operations of the waiting layer: attempts that never wait, each
+//! returning the outcome or what to wait for, run by the async or the blocking driver.
+//! Byte-level, the same code for every message type.
+//!
+//! Whatever an operation holds between attempts is undone or finished when it is
+//! dropped: a place taken is given back, a lock released. A frame already under way on
+//! the socket must be finished (the other side expects all of it): a dropped operation
+//! hands it to a task of the runtime it ran in, so that a cancelled `get` or `put` never
+//! blocks a runtime thread, or finishes it on the spot outside a runtime.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use super::frame::{DELIVERED, FrameRead, RawFrame, WITHDRAWN};
+use super::ring::{Bell, INLINE, Inner, Placed, Taken};
+use crate::error::{Error, Result};
+use crate::ipc::WriteHalf;
+use crate::sync::{Attempt, Counted, Lock, Patience, RoomWatch, Wait, drive, drive_blocking};
+
+/// Releases a lock when dropped, unless forgotten.
+struct UnlockOnDrop<'a>(&'a Lock);
+
+impl Drop for UnlockOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PutStage {
+    /// Taking a place.
+    Reserve,
+    /// Holding a place; taking the write lock.
+    Lock,
+    /// Holding a place; waiting for room in the ring.
+    Room,
+    /// The mark is placed and the write lock held: writing the frame.
+    Flush,
+    Done,
+}
+
+/// One `put` of an encoded message.
+pub(super) struct Put<'q> {
+    inner: &'q Arc<Inner>,
+    payload: Vec<u8>,
+    inline: bool,
+    /// The socket frame, for a message that does not go into the ring.
+    frame: Option<WriteHalf>,
+    stage: PutStage,
+    /// A `try_put`: never counted as a waiter, and never starts a frame that the
+    /// socket cannot take at once.
+    nowait: bool,
+    /// This operation counted as a waiter on what it waits for now.
+    counted: Option<Counted<'q>>,
+}
+
+impl<'q> Put<'q> {
+    pub(super) fn new(
+        inner: &'q Arc<Inner>,
+        (payload, fds): (Vec<u8>, Vec<OwnedFd>),
+        nowait: bool,
+    ) -> Result<Put<'q>> {
+        let inline = inner.fits_inline(&payload, &fds);
+        // A frame is checked before its mark is placed: a mark promises a frame.
+        let frame = match inline {
+            true => None,
+            false => {
+                let mut frame = WriteHalf::new(inner.writer.clone());
+                frame.push_encoded(&payload, fds)?;
+                frame.push_raw(&[DELIVERED]);
+                Some(frame)
+            }
+        };
+        Ok(Put {
+            inner,
+            payload,
+            inline,
+            frame,
+            stage: PutStage::Reserve,
+            nowait,
+            counted: None,
+        })
+    }
+
+    pub(super) fn attempt(&mut self) -> Result<Attempt<'q, ()>> {
+        let inner: &'q Inner = self.inner;
+        let enlist = !self.nowait;
+        let step = match self.stage {
+            PutStage::Reserve => {
+                inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || inner.try_reserve())?
+            }
+            PutStage::Lock => inner.write_lock.attempt(&mut self.counted, enlist, true)?,
+            PutStage::Room => {
+                let need = Inner::entry_len(&self.payload, self.inline);
+                inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || {
+                    Ok(inner.ring_has_room(need))
+                })?
+            }
+            PutStage::Flush => return self.flush(),
+            PutStage::Done => return Ok(Attempt::Ready(())),
+        };
+        if !matches!(step, Attempt::Ready(())) {
+            return Ok(step);
+        }
+        self.counted = None;
+        match self.stage {
+            PutStage::Reserve => {
+                inner.counted_put();
+                self.stage = PutStage::Lock;
+                Ok(Attempt::Again)
+            }
+            PutStage::Room => {
+                self.stage = PutStage::Lock;
+                Ok(Attempt::Again)
+            }
+            _ => self.locked(),
+        }
+    }
+
+    /// Places the message, the write lock just taken.
+    fn locked(&mut self) -> Result<Attempt<'q, ()>> {
+        let inner: &'q Inner = self.inner;
+        let unlock = UnlockOnDrop(&inner.write_lock);
+        inner.check_writer()?;
+        if let (Some(frame), true) = (&self.frame, self.nowait) {
+            if !inner.writer.takes_at_once(frame.buffered())? {
+                return Err(Error::Full);
+            }
+        }
+        match inner.place(&self.payload, self.inline)? {
+            Placed::InRing => {
+                self.stage = PutStage::Done;
+                Ok(Attempt::Ready(()))
+            }
+            Placed::NoRoom => {
+                self.stage = PutStage::Room;
+                Ok(Attempt::Again)
+            }
+            Placed::OnSocket => {
+                // Held until the frame is written.
+                std::mem::forget(unlock);
+                self.stage = PutStage::Flush;
+                self.flush()
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Attempt<'q, ()>> {
+        let frame = self.frame.as_mut().expect("built for a mark");
+        let step = flush_attempt(frame, &self.inner.room);
+        if !matches!(step, Ok(Attempt::Wait(_))) {
+            self.stage = PutStage::Done;
+            self.inner.frame_written();
+            self.inner.write_lock.unlock();
+        }
+        step
+    }
+}
+
+impl Drop for Put<'_> {
+    fn drop(&mut self) {
+        match self.stage {
+            PutStage::Reserve | PutStage::Done => {}
+            PutStage::Lock | PutStage::Room => self.inner.unput(),
+            PutStage::Flush => {
+                let frame = self.frame.take().expect("built for a mark");
+                WriteRest::start(self.inner.clone(), frame);
+            }
+        }
+    }
+}
+
+/// One attempt at writing out what is left of a frame.
+fn flush_attempt<'q>(frame: &mut WriteHalf, room: &'q RoomWatch) -> Result<Attempt<'q, ()>> {
+    match frame.flush_now()? {
+        true => Ok(Attempt::Ready(())),
+        false => Ok(Attempt::Wait(Wait::Writable(room))),
+    }
+}
+
+/// The rest of a frame whose `put` was dropped after the frame had begun: its mark
+/// promises it, so it is finished, marked withdrawn (unless its status byte was sent
+/// already) so that no consumer takes it. A cancelled `put` has put nothing.
+struct WriteRest {
+    inner: Arc<Inner>,
+    frame: Option<WriteHalf>,
+    withdrawn: bool,
+}
+
+impl WriteRest {
+    fn start(inner: Arc<Inner>, mut frame: WriteHalf) {
+        // The status byte goes last: unless all was written, it is unsent.
+        let withdrawn = frame.replace_last_unsent(WITHDRAWN);
+        let rest = WriteRest {
+            inner,
+            frame: Some(frame),
+            withdrawn,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(rest.run())),
+            // Outside a runtime: the drop finishes it here.
+            Err(_) => drop(rest),
+        }
+    }
+
+    async fn run(mut self) {
+        let room = &self.inner.room;
+        let frame = self.frame.as_mut().expect("not finished");
+        let flushed = drive(Patience::FOREVER, || flush_attempt(frame, room)).await;
+        self.settle(flushed.map(drop));
+    }
+
+    fn settle(&mut self, flushed: Result<()>) {
+        self.frame = None;
+        if let Err(err) = flushed {
+            tracing::warn!(%err, "queue put cancelled; the rest of its message could not be written");
+        }
+        self.inner.frame_written();
+        self.inner.write_lock.unlock();
+        if self.withdrawn {
+            self.inner.withdrawn();
+        }
+    }
+}
+
+impl Drop for WriteRest {
+    fn drop(&mut self) {
+        // Not finished by a task (no runtime, or the runtime is shutting down).
+        if let Some(frame) = self.frame.as_mut() {
+            let room = &self.inner.room;
+            let flushed = drive_blocking(Patience::FOREVER, || flush_attempt(frame, room));
+            self.settle(flushed.map(drop));
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GetStage {
+    /// Looking for a message of this process's own first.
+    Start,
+    /// Taking the read lock.
+    Lock,
+    /// The read lock held and a socket entry taken: reading its frame.
+    Frame,
+    /// Found the ring empty: is that the end?
+    Drained,
+    /// Waiting for a message or the end.
+    Data,
+}
+
+/// One `get`; ready with the message, not yet decoded.
+pub(super) struct Get<'q> {
+    inner: &'q Arc<Inner>,
+    stage: GetStage,
+    /// A `try_get`: never counted as a waiter, and never takes a socket entry whose
+    /// frame has not wholly arrived.
+    nowait: bool,
+    counted: Option<Counted<'q>>,
+    read: Option<FrameRead>,
+}
+
+impl<'q> Get<'q> {
+    pub(super) fn new(inner: &'q Arc<Inner>, nowait: bool) -> Get<'q> {
+        Get {
+            inner,
+            stage: GetStage::Start,
+            nowait,
+            counted: None,
+            read: None,
+        }
+    }
+
+    pub(super) fn attempt(&mut self) -> Result<Attempt<'q, RawFrame>> {
+        let inner: &'q Inner = self.inner;
+        let enlist = !self.nowait;
+        match self.stage {
+            GetStage::Start => {
+                inner.check_broken()?;
+                inner.check_shut_down_now()?;
+                if let Some(frame) = inner.take_pending() {
+                    return Ok(Attempt::Ready(frame));
+                }
+                self.stage = GetStage::Lock;
+                Ok(Attempt::Again)
+            }
+            GetStage::Lock => {
+                let step = inner.read_lock.attempt(&mut self.counted, enlist, false)?;
+                if let Some(step) = not_ready(step) {
+                    return Ok(step);
+                }
+                self.counted = None;
+                self.locked()
+            }
+            GetStage::Frame => self.read_frame(),
+            GetStage::Drained => {
+                if !inner.is_closed() {
+                    self.stage = GetStage::Data;
+                    return Ok(Attempt::Again);
+                }
+                // Final only if no producer is between its check of `closed` and its
+                // entry: producers place entries under the write lock.
+                let step = inner.write_lock.attempt(&mut self.counted, enlist, true)?;
+                if let Some(step) = not_ready(step) {
+                    return Ok(step);
+                }
+                inner.write_lock.unlock();
+                self.counted = None;
+                match inner.ring_is_empty() {
+                    true => Err(Error::Closed),
+                    false => {
+                        self.stage = GetStage::Start;
+                        Ok(Attempt::Again)
+                    }
+                }
+            }
+            GetStage::Data => {
+                let step = inner.bell_attempt(Bell::Data, &mut self.counted, enlist, || {
+                    inner.data_or_end()
+                })?;
+                if let Some(step) = not_ready(step) {
+                    return Ok(step);
+                }
+                self.counted = None;
+                self.stage = GetStage::Start;
+                Ok(Attempt::Again)
+            }
+        }
+    }
+
+    /// Takes the entry at the head, the read lock just taken.
+    fn locked(&mut self) -> Result<Attempt<'q, RawFrame>> {
+        let inner: &'q Inner = self.inner;
+        let unlock = UnlockOnDrop(&inner.read_lock);
+        inner.check_shut_down_now()?;
+        // A cancelled get of this process may have finished its message meanwhile (it
+        // held the read lock until then): that message comes first.
+        if let Some(frame) = inner.take_pending() {
+            return Ok(Attempt::Ready(frame));
+        }
+        let socket_head = inner.head_kind().is_some_and(|kind| kind != INLINE);
+        if self.nowait && socket_head && !inner.frame_arrived()? {
+            // Reading it now would mean waiting for its bytes.
+            self.stage = GetStage::Start;
+            return Ok(Attempt::Wait(inner.data_wait()));
+        }
+        match inner.take() {
+            Taken::Inline(payload) => Ok(Attempt::Ready(RawFrame {
+                payload,
+                fds: Vec::new(),
+                withdrawn: false,
+            })),
+            Taken::OnSocket => {
+                // Held until the frame is read.
+                std::mem::forget(unlock);
+                self.read = Some(FrameRead::new());
+                self.stage = GetStage::Frame;
+                self.read_frame()
+            }
+            Taken::Empty => {
+                self.stage = GetStage::Drained;
+                Ok(Attempt::Again)
+            }
+        }
+    }
+
+    fn read_frame(&mut self) -> Result<Attempt<'q, RawFrame>> {
+        let inner: &'q Inner = self.inner;
+        let read = self.read.as_mut().expect("a frame under way");
+        let step = read.attempt(&inner.reader, &inner.shared().tail.0.writer);
+        if matches!(step, Ok(Attempt::Wait(_))) {
+            return step;
+        }
+        self.read = None;
+        self.stage = GetStage::Start;
+        inner.read_lock.unlock();
+        match step {
+            // Its put was cancelled: not a message.
+            Ok(Attempt::Ready(frame)) if frame.withdrawn => Ok(Attempt::Again),
+            Err(Error::OwnerDied { pid }) => Err(inner.break_stream(pid)),
+            other => other,
+        }
+    }
+}
+
+/// `None` once a stage's attempt is ready, else the attempt to pass on.
+fn not_ready<'q, U>(attempt: Attempt<'q, ()>) -> Option<Attempt<'q, U>> {
+    match attempt {
+        Attempt::Ready(()) => None,
+        Attempt::Again => Some(Attempt::Again),
+        Attempt::Wait(wait) => Some(Attempt::Wait(wait)),
+    }
+}
+
+impl Drop for Get<'_> {
+    fn drop(&mut self) {
+        if let Some(read) = self.read.take() {
+            ReadRest::start(self.inner.clone(), read);
+        }
+    }
+}
+
+/// The rest of a frame whose `get` was dropped after the frame had begun: the entry is
+/// taken, so the frame is this process's to read, to its end (the stream must stay
+/// whole for the other consumers); the message is kept for the next `get` here.
+struct ReadRest {
+    inner: Arc<Inner>,
+    read: Option<FrameRead>,
+}
+
+impl ReadRest {
+    fn start(inner: Arc<Inner>, read: FrameRead) {
+        let rest = ReadRest {
+            inner,
+            read: Some(read),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(rest.run())),
+            // Outside a runtime: the drop finishes it here.
+            Err(_) => drop(rest),
+        }
+    }
+
+    async fn run(mut self) {
+        let inner = &self.inner;
+        let read = self.read.as_mut().expect("not finished");
+        let frame = drive(Patience::FOREVER, || {
+            read.attempt(&inner.reader, &inner.shared().tail.0.writer)
+        })
+        .await;
+        self.keep(frame);
+    }
+
+    fn keep(&mut self, frame: Result<Option<RawFrame>>) {
+        self.read = None;
+        match frame {
+            Ok(Some(frame)) if !frame.withdrawn => {
+                tracing::debug!(
+                    "queue get cancelled in the middle of a message; kept for the next get"
+                );
+                self.inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(frame);
+            }
+            Ok(_) => {}
+            Err(Error::OwnerDied { pid }) => drop(self.inner.break_stream(pid)),
+            Err(err) => tracing::warn!(%err, "queue get cancelled; its message could not be read"),
+        }
+        self.inner.read_lock.unlock();
+    }
+}
+
+impl Drop for ReadRest {
+    fn drop(&mut self) {
+        // Not finished by a task (no runtime, or the runtime is shutting down).
+        if let Some(read) = self.read.as_mut() {
+            let inner = &self.inner;
+            let frame = drive_blocking(Patience::FOREVER, || {
+                read.attempt(&inner.reader, &inner.shared().tail.0.writer)
+            });
+            self.keep(frame);
+        }
+    }
+}
+
+/// Drops what is queued, as far as that takes no waiting, so that descriptors
+/// travelling in messages are closed now rather than with the queue's last handle.
+pub(super) fn drop_queued(inner: &Inner) {
+    let mut counted = None;
+    let taken = drive_blocking(Patience::Never, || {
+        inner.read_lock.attempt(&mut counted, false, true)
+    });
+    if !matches!(taken, Ok(Some(()))) {
+        return;
+    }
+    let _unlock = UnlockOnDrop(&inner.read_lock);
+    loop {
+        match inner.head_kind() {
+            Some(INLINE) => drop(inner.take()),
+            Some(_) if matches!(inner.frame_arrived(), Ok(true)) => {
+                inner.take();
+                let mut read = FrameRead::new();
+                let writer = &inner.shared().tail.0.writer;
+                if drive_blocking(Patience::FOREVER, || read.attempt(&inner.reader, writer)).is_err()
+                {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
