@@ -274,3 +274,122 @@ impl Error {
         }
     }
 }
+
+/// An error can be cloned, so that one failure can be given to every task it ends (each
+/// input of a `map` chunk whose worker died, every task queued on a pool that cannot
+/// start). An I/O error inside is copied as its OS error code when it has one, and as
+/// its kind and message otherwise: what `Display`, `kind()` and `raw_os_error()` show
+/// is kept; only a custom inner error value is not.
+///
+/// ```
+/// use multiprocess::Error;
+///
+/// let err = Error::Io(std::io::Error::from_raw_os_error(libc::EMFILE));
+/// let copy = err.clone();
+/// assert_eq!(copy.to_string(), err.to_string());
+/// assert!(matches!(copy, Error::Io(e) if e.raw_os_error() == Some(libc::EMFILE)));
+/// ```
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        match self {
+            Error::Panicked { message, location } => Error::Panicked {
+                message: message.clone(),
+                location: location.clone(),
+            },
+            Error::Signaled {
+                signal,
+                core_dumped,
+            } => Error::Signaled {
+                signal: *signal,
+                core_dumped: *core_dumped,
+            },
+            Error::Exited { code } => Error::Exited { code: *code },
+            Error::MemoryLimit { limit, signal } => Error::MemoryLimit {
+                limit: *limit,
+                signal: *signal,
+            },
+            Error::Timeout { after } => Error::Timeout { after: *after },
+            Error::Disconnected => Error::Disconnected,
+            Error::FrameTooLarge { len, max } => Error::FrameTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Error::Encode(msg) => Error::Encode(msg.clone()),
+            Error::Decode(msg) => Error::Decode(msg.clone()),
+            Error::Protocol(msg) => Error::Protocol(msg.clone()),
+            Error::Bootstrap(msg) => Error::Bootstrap(msg.clone()),
+            Error::Spawn { program, source } => Error::Spawn {
+                program: program.clone(),
+                source: clone_io(source),
+            },
+            Error::CurrentDir { path, source } => Error::CurrentDir {
+                path: path.clone(),
+                source: clone_io(source),
+            },
+            Error::UnknownStartMethod { value } => Error::UnknownStartMethod {
+                value: value.clone(),
+            },
+            Error::WorkerDied { pid, signal, code } => Error::WorkerDied {
+                pid: *pid,
+                signal: *signal,
+                code: *code,
+            },
+            Error::InvalidArgument(msg) => Error::InvalidArgument(msg.clone()),
+            Error::PoolClosed => Error::PoolClosed,
+            Error::OwnerDied { pid } => Error::OwnerDied { pid: *pid },
+            Error::Closed => Error::Closed,
+            Error::Full => Error::Full,
+            Error::Empty => Error::Empty,
+            Error::BoundExceeded(msg) => Error::BoundExceeded(msg.clone()),
+            Error::ReapedElsewhere { pid } => Error::ReapedElsewhere { pid: *pid },
+            Error::BrokenBarrier => Error::BrokenBarrier,
+            Error::AlreadyJoined => Error::AlreadyJoined,
+            Error::Io(err) => Error::Io(clone_io(err)),
+        }
+    }
+}
+
+/// An I/O error with the same code, or the same kind and message.
+fn clone_io(err: &io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod clone_tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_reads_and_matches_as_the_original() {
+        let errors = [
+            Error::Io(io::Error::from_raw_os_error(libc::EMFILE)),
+            Error::Io(io::Error::new(io::ErrorKind::InvalidData, "bad header")),
+            Error::Spawn {
+                program: "worker".into(),
+                source: io::Error::from_raw_os_error(libc::EAGAIN),
+            },
+            Error::WorkerDied {
+                pid: 7,
+                signal: Some(9),
+                code: None,
+            },
+            Error::Panicked {
+                message: "boom".into(),
+                location: Some("src/main.rs:1:1".into()),
+            },
+        ];
+        for err in &errors {
+            let copy = err.clone();
+            assert_eq!(copy.to_string(), err.to_string());
+            assert_eq!(
+                std::mem::discriminant(&copy),
+                std::mem::discriminant(err)
+            );
+            if let (Error::Io(a), Error::Io(b)) = (&copy, err) {
+                assert_eq!((a.kind(), a.raw_os_error()), (b.kind(), b.raw_os_error()));
+            }
+        }
+    }
+}

@@ -86,6 +86,9 @@ async fn a_replacement_that_cannot_start_is_retried_until_it_can() {
                 message.contains("no pool worker could be started"),
                 "{message}"
             );
+            // It names the cause of the last failed start, not a stage's side effect.
+            assert!(message.contains("Too many open files"), "{message}");
+            assert!(!message.contains("encode"), "{message}");
         }
         other => panic!("{other:?}"),
     }

@@ -84,8 +84,8 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
         Err(err)
     };
     let fds = match encoded {
-        (Ok(()), fds) => fds,
-        (Err(msg), _) => return fail(out, Error::Encode(msg)),
+        Ok(fds) => fds,
+        Err(err) => return fail(out, err),
     };
     let len = out.len() - start - HEADER_LEN;
     if len > max_len || len > u32::MAX as usize {
@@ -113,10 +113,9 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
 /// descriptors it carries; for payloads nested inside another message.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut out = Vec::new();
-    let (encoded, fds) = with_outgoing_fds(|| {
+    let fds = with_outgoing_fds(|| {
         postcard::serialize_with_flavor(value, VecFlavor(&mut out)).map_err(|e| e.to_string())
-    });
-    encoded.map_err(Error::Encode)?;
+    })?;
     Ok((out, fds))
 }
 
@@ -174,15 +173,26 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// Why a descriptor could not be duplicated into the message being encoded. The
+    /// encoder keeps only that serialization failed ("Serde Serialization Error"), so
+    /// the cause travels beside it.
+    static DUP_FAILED: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
 }
 
-fn with_outgoing_fds<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+/// Runs `encode` collecting the descriptors it serializes. A descriptor that could not
+/// be duplicated (out of descriptors) fails the encoding with that I/O error.
+fn with_outgoing_fds(encode: impl FnOnce() -> Result<(), String>) -> Result<Vec<OwnedFd>> {
     let saved = OUTGOING.with(|slot| slot.replace(Some(Vec::new())));
     let result = encode();
     let fds = OUTGOING
         .with(|slot| slot.replace(saved))
         .unwrap_or_default();
-    (result, fds)
+    let dup_failed = DUP_FAILED.with(|slot| slot.take());
+    match (result, dup_failed) {
+        (Ok(()), _) => Ok(fds),
+        (Err(_), Some(err)) => Err(Error::Io(err)),
+        (Err(msg), None) => Err(Error::Encode(msg)),
+    }
 }
 
 fn with_incoming_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
@@ -206,7 +216,11 @@ pub(crate) fn serialize_fd<S: Serializer>(
                 "descriptors can only be serialized by a multiprocess channel",
             ));
         };
-        let dup = sys::dup_cloexec(fd, 3).map_err(S::Error::custom)?;
+        let dup = sys::dup_cloexec(fd, 3).map_err(|err| {
+            let error = S::Error::custom(&err);
+            DUP_FAILED.with(|slot| *slot.borrow_mut() = Some(err));
+            error
+        })?;
         fds.push(dup);
         Ok(fds.len() - 1)
     })?;

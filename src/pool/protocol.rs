@@ -13,14 +13,7 @@ use super::claim::Claim;
 use crate::error::Error;
 use crate::ipc::PassFd;
 use crate::ipc::wire::FdsOut;
-use crate::start::entry::Named;
-
-/// What a call's trampoline gets: the argument's bytes and descriptors.
-pub(crate) type CallInput = (Vec<u8>, Vec<OwnedFd>);
-/// What a call's trampoline gives: the result's bytes and descriptors, or the failure.
-pub(crate) type CallOutput = Result<Encoded, Failure>;
-/// A plain function named for a worker.
-pub(crate) type CallEntry = Named<CallInput, CallOutput>;
+use crate::start::entry::{Named, Trampoline};
 
 /// What a job asks a worker to do.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
@@ -159,4 +152,21 @@ pub(crate) enum Hello {
 pub(crate) enum FromWorker {
     Hello(Hello),
     Reply(Reply),
+}
+
+/// What a call's trampoline gets: the argument's bytes and descriptors.
+pub(crate) type CallInput = (Vec<u8>, Vec<OwnedFd>);
+/// What a call's trampoline gives: the result's bytes and descriptors, or the failure.
+pub(crate) type CallOutput = Result<Encoded, Failure>;
+/// A plain function named for a worker.
+pub(crate) type CallEntry = Named<CallInput, CallOutput>;
+
+/// Names `function`, run through the trampoline `T`, for a worker of the same build.
+pub(crate) fn call_entry<T: Trampoline<Input = CallInput, Output = CallOutput>>(
+    function: T::Function,
+) -> crate::Result<CallEntry> {
+    CallEntry::new::<T>(function).map_err(|source| Error::Spawn {
+        program: "pool task".into(),
+        source,
+    })
 }

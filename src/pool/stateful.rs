@@ -8,9 +8,10 @@ use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::core::{Core, PoolStats};
+use super::core::Core;
+use super::handle::{TaskHandle, submit_job};
 use super::protocol::JobKind;
-use super::{TaskHandle, submit_job};
+use super::state::PoolStats;
 use crate::error::Result;
 
 /// A worker that keeps state between requests: a model loaded once, an open database,
@@ -99,11 +100,18 @@ pub trait Worker: Sized + 'static {
 /// # }
 /// ```
 pub struct StatefulPool<W: Worker> {
-    pub(crate) core: Arc<Core>,
-    pub(crate) _worker: PhantomData<fn() -> W>,
+    core: Arc<Core>,
+    _worker: PhantomData<fn() -> W>,
 }
 
 impl<W: Worker> StatefulPool<W> {
+    pub(crate) fn from_core(core: Arc<Core>) -> StatefulPool<W> {
+        StatefulPool {
+            core,
+            _worker: PhantomData,
+        }
+    }
+
     /// Sends a request to some worker and waits for its response.
     ///
     /// See [`StatefulPool`] for an example.
