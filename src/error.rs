@@ -187,6 +187,12 @@ pub enum Error {
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,
+    /// A connection by address ([`Listener`](crate::Listener) /
+    /// [`Client`](crate::Client)) failed its authentication: the peer does not hold the
+    /// same authkey, does not speak this crate's handshake, or did not finish it in time.
+    /// Nothing the peer sent was decoded. Python's `AuthenticationError`.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
     /// Another I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),

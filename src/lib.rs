@@ -170,6 +170,7 @@ mod error;
 mod exit;
 mod ipc;
 mod limits;
+mod net;
 mod pool;
 mod process;
 mod queue;
@@ -180,6 +181,7 @@ mod sys;
 
 pub use error::{Error, Result};
 pub use exit::{Reaper, reaper};
+pub use net::{Address, AuthKey, Client, Listener, ListenerBuilder};
 pub use ipc::{
     Connection, DEFAULT_MAX_FRAME_LEN, FrameCodec, PassFd, Receiver, Sender, channel, pipe,
 };

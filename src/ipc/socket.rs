@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -45,13 +45,30 @@ pub(crate) const WRITE_HIGH_WATER: usize = 256 << 10;
 /// writability instead, and only until the buffer is flushed.
 pub(crate) struct SocketFd {
     fd: ReadableFd,
+    // Only Unix sockets carry descriptors; a TCP socket would drop them silently.
+    passes_fds: bool,
 }
 
 impl SocketFd {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Arc<SocketFd>> {
+        let passes_fds = !is_network_socket(fd.as_fd());
         Ok(Arc::new(SocketFd {
             fd: ReadableFd::new(fd),
+            passes_fds,
         }))
+    }
+
+    /// Refuses descriptors this socket cannot carry, before any byte of their frame is
+    /// buffered.
+    fn check_fds_allowed(&self, n_fds: usize) -> Result<()> {
+        if n_fds == 0 || self.passes_fds {
+            return Ok(());
+        }
+        Err(Error::Encode(format!(
+            "this message carries {n_fds} descriptor(s) (a pipe, queue, lock or other \
+             handle), and descriptors cannot cross a network connection: only a Unix \
+             socket carries them"
+        )))
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -121,6 +138,16 @@ impl SocketFd {
             }
         }
     }
+}
+
+/// Whether `fd` is an IP socket (TCP), whose `sendmsg` ignores `SCM_RIGHTS`. Anything
+/// that cannot be asked is treated as a Unix socket, as before.
+fn is_network_socket(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
+    getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|addr| addr.family())
+        .is_some_and(|family| matches!(family, AddressFamily::Inet | AddressFamily::Inet6))
 }
 
 enum ReadState {
@@ -523,6 +550,10 @@ impl WriteHalf {
     pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         let offset = self.buf.len();
         let fds = wire::encode_frame(value, &mut self.buf, self.max_frame_len)?;
+        if let Err(err) = self.sock.check_fds_allowed(fds.len()) {
+            self.buf.truncate(offset);
+            return Err(err);
+        }
         if !fds.is_empty() {
             self.fd_marks.push_back((offset, fds));
         }
@@ -544,6 +575,7 @@ impl WriteHalf {
                 fds.len()
             )));
         }
+        self.sock.check_fds_allowed(fds.len())?;
         let offset = self.buf.len();
         self.buf.resize(offset + wire::HEADER_LEN, 0);
         wire::write_header(&mut self.buf[offset..], payload.len(), fds.len());
