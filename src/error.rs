@@ -324,6 +324,7 @@ impl Clone for Error {
             Error::Decode(msg) => Error::Decode(msg.clone()),
             Error::Protocol(msg) => Error::Protocol(msg.clone()),
             Error::Bootstrap(msg) => Error::Bootstrap(msg.clone()),
+            Error::Authentication(msg) => Error::Authentication(msg.clone()),
             Error::Spawn { program, source } => Error::Spawn {
                 program: program.clone(),
                 source: clone_io(source),
