@@ -146,10 +146,12 @@ pub enum Error {
     /// The pool was closed or terminated before the task could run.
     #[error("the pool is closed")]
     PoolClosed,
-    /// A process died while holding a [`Lock`](crate::Lock): what it guarded may be
-    /// half-updated. Every later `lock` gives this error until
-    /// [`Lock::clear_poison`](crate::Lock::clear_poison), like std's `Mutex` poisoning.
-    #[error("process {pid} died holding the lock")]
+    /// A process died in the middle of something it held: a [`Lock`](crate::Lock) or
+    /// [`RLock`](crate::RLock) (what it guarded may be half-updated; every later `lock`
+    /// gives this error until `clear_poison`, like std's `Mutex` poisoning), or a
+    /// [`Queue`](crate::Queue)'s read lock or a message it was writing (the queue can no
+    /// longer be trusted, and later calls give this error).
+    #[error("process {pid} died holding a lock or in the middle of a message")]
     OwnerDied {
         /// The process that died.
         pid: u32,

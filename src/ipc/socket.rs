@@ -1,4 +1,6 @@
-//! A non-blocking Unix stream socket split into a framed reader and a framed writer.
+//! A Unix stream socket split into a framed reader and a framed writer. The socket stays
+//! in blocking mode: async calls ask for non-blocking behaviour per call
+//! (`MSG_DONTWAIT`), so blocking calls simply block.
 //!
 //! Both halves work asynchronously (readiness from tokio's reactor, registered lazily on
 //! first use) and blocking (`poll(2)`, for children that run no runtime). We do our own

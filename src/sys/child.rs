@@ -5,14 +5,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
+use super::{cvt, cvt_retry};
+
 /// Opens a pidfd for `pid`, which must be an unreaped child of ours (so the pid cannot
 /// have been recycled). The descriptor is always close-on-exec.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) })?;
     // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -21,7 +20,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     // SAFETY: a valid descriptor, a signal number, a null siginfo (meaning "as kill(2)")
     // and zero flags are what pidfd_send_signal expects.
-    let rc = unsafe {
+    cvt(unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
@@ -29,20 +28,14 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
             std::ptr::null::<libc::siginfo_t>(),
             0u32,
         )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    })?;
     Ok(())
 }
 
 /// Sends `signal` to `pid` with `kill(2)`. Callers guarantee the pid is an unreaped child.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers; the caller holds the child unreaped.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::kill(pid as libc::pid_t, signal) })?;
     Ok(())
 }
 
@@ -58,14 +51,10 @@ pub(crate) fn kill_process_group(pgid: u32, signal: i32) -> io::Result<()> {
         ));
     }
     // SAFETY: kill takes plain integers; a negative pid names a process group.
-    let rc = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ESRCH) {
-            return Err(err);
-        }
+    match cvt(unsafe { libc::kill(-(pgid as libc::pid_t), signal) }) {
+        Err(err) if err.raw_os_error() != Some(libc::ESRCH) => Err(err),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `waitid(2)` for one process, retried on `EINTR`; the report is zeroed (`si_pid` 0)
@@ -74,16 +63,9 @@ fn waitid(idtype: libc::idtype_t, id: libc::id_t, flags: i32) -> io::Result<libc
     // SAFETY: siginfo_t is plain data; zeroed is a valid initial value and lets callers
     // tell "no child changed state" (si_pid == 0) from a real report.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: a plain syscall given a pointer to a live siginfo_t.
-        if unsafe { libc::waitid(idtype, id, &mut info, flags) } == 0 {
-            return Ok(info);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    // SAFETY: a plain syscall given a pointer to a live siginfo_t.
+    cvt_retry(|| unsafe { libc::waitid(idtype, id, &mut info, flags) })?;
+    Ok(info)
 }
 
 /// Reaps the child behind `pidfd` if it has exited. `Ok(None)` means still running.
@@ -143,19 +125,10 @@ fn status_from_siginfo(code: i32, status: i32) -> ExitStatus {
 /// Reaps `pid` if it has exited, without blocking. `Ok(None)` means still running.
 pub(crate) fn waitpid_nohang(pid: u32) -> io::Result<Option<ExitStatus>> {
     let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid on one specific pid with a pointer to a live c_int.
-        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        match rc {
-            0 => return Ok(None),
-            r if r > 0 => return Ok(Some(ExitStatus::from_raw(status))),
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
+    // SAFETY: waitpid on one specific pid with a pointer to a live c_int.
+    match cvt_retry(|| unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) })? {
+        0 => Ok(None),
+        _ => Ok(Some(ExitStatus::from_raw(status))),
     }
 }
 

@@ -5,6 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, fcntl};
 
+use super::cvt;
+
 /// Duplicates `fd` to a new close-on-exec descriptor numbered at least `min`.
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     let new = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min))?;
@@ -16,10 +18,7 @@ pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd>
 pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl(F_SETFD) on an integer descriptor; used between fork and exec, where
     // only async-signal-safe calls are allowed, which fcntl is.
-    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
     Ok(())
 }
 
@@ -30,10 +29,7 @@ pub(crate) fn dup2_inheritable(old: RawFd, new: RawFd) -> io::Result<()> {
         return clear_cloexec(new);
     }
     // SAFETY: dup2 on integer descriptors; async-signal-safe.
-    let rc = unsafe { libc::dup2(old, new) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::dup2(old, new) })?;
     Ok(())
 }
 
@@ -57,9 +53,7 @@ pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
     // Kernels before 5.11: one descriptor at a time, up to the descriptor limit.
     // SAFETY: getrlimit fills a live rlimit.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
     let end = limit.rlim_cur.min(i32::MAX as libc::rlim_t) as RawFd;
     for fd in first..end {
         // SAFETY: fcntl on an integer; a closed descriptor gives EBADF, ignored.

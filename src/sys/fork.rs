@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::fcntl::FcntlArg;
 
-use super::dup2_inheritable;
+use super::{cvt, dup2_inheritable};
 
 /// `struct clone_args` as far as `CLONE_ARGS_SIZE_VER0` (64 bytes).
 #[repr(C)]
@@ -48,8 +48,7 @@ pub(crate) fn fork_sibling() -> io::Result<Forked> {
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    match rc {
-        -1 => Err(io::Error::last_os_error()),
+    match cvt(rc)? {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent {
             pid: pid as u32,
@@ -70,10 +69,7 @@ pub(crate) fn keep_only(keep: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: close_range on plain integers; everything above 3 is closed, which no
     // Rust object in this single-threaded child still relies on (the caller leaked or
     // dropped its handles to them).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) })?;
     // SAFETY: descriptor 3 now holds the socket we were given, and only it owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(3) };
     let _ = nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));

@@ -9,6 +9,8 @@ use nix::sys::socket::{
     sendmsg, socketpair,
 };
 
+use super::cvt_retry;
+
 /// The most descriptors Linux accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
@@ -96,13 +98,13 @@ fn send_plain(socket: BorrowedFd<'_>, buf: &[u8], wait: Wait) -> io::Result<usiz
     }
 }
 
-/// Receives into `buf`, appending any descriptors that came along (close-on-exec) to
-/// `fds`. Returns the number of bytes read; zero means end of stream.
 /// A buffer for the ancillary data of one `recvmsg`, reused across calls.
 pub(crate) fn control_buffer() -> Vec<u8> {
     nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE])
 }
 
+/// Receives into `buf`, appending any descriptors that came along (close-on-exec) to
+/// `fds`. Returns the number of bytes read; zero means end of stream.
 pub(crate) fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -155,22 +157,14 @@ pub(crate) fn recv_into_spare(
     let spare = out.spare_capacity_mut();
     let len = spare.len().min(max);
     let into = spare.as_mut_ptr().cast::<libc::c_void>();
-    loop {
-        // SAFETY: the kernel writes at most `len` bytes at `into`, which is spare
-        // capacity of `out`: allocated, owned by `out` and referred to by nothing else.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), into, len, wait.flags().bits()) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: the kernel has initialised the first `n` bytes of the spare
-            // capacity, and `n <= len` fits in it.
-            unsafe { out.set_len(out.len() + n) };
-            return Ok(n);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    // SAFETY: the kernel writes at most `len` bytes at `into`, which is spare capacity
+    // of `out`: allocated, owned by `out` and referred to by nothing else.
+    let n = cvt_retry(|| unsafe { libc::recv(socket.as_raw_fd(), into, len, wait.flags().bits()) })?
+        as usize;
+    // SAFETY: the kernel has initialised the first `n` bytes of the spare capacity, and
+    // `n <= len` fits in it.
+    unsafe { out.set_len(out.len() + n) };
+    Ok(n)
 }
 
 /// Waits until `fd` is readable (or writable) or `timeout_ms` passes (-1: forever).

@@ -2,6 +2,8 @@
 
 use std::io;
 
+use super::cvt;
+
 /// Between fork and exec: every signal back to its default action and none blocked.
 /// Ignored signals and the signal mask survive `exec`, so without this a program
 /// started under `nohup` or from a thread that blocks signals would hand that on, and
@@ -26,10 +28,7 @@ pub(crate) fn reset_signals() {
 /// Asks the kernel to send `signal` to this process when the thread that forked it exits.
 pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number; the remaining arguments are unused.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
 }
 
@@ -41,10 +40,7 @@ pub(crate) fn set_address_space_limit(bytes: u64) -> io::Result<()> {
         rlim_max: bytes as libc::rlim_t,
     };
     // SAFETY: `limit` is a valid rlimit that outlives the call.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) })?;
     Ok(())
 }
 
