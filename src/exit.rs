@@ -164,12 +164,9 @@ impl Pidfd {
     fn registered(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
         if self.registered.is_none() {
             let fd = self.raw.take().expect("unregistered pidfd");
-            // SAFETY: the `AsyncFd` owns the pidfd, which therefore stays open and the same
-            // descriptor for as long as the registration exists.
-            match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            match sys::reactor::register(fd, Interest::READABLE) {
                 Ok(afd) => self.registered = Some(afd),
-                Err(err) => {
-                    let (fd, err) = err.into_parts();
+                Err((fd, err)) => {
                     self.raw = Some(fd);
                     return Err(err);
                 }

@@ -2,7 +2,6 @@
 
 mod codec;
 mod connection;
-pub(crate) mod reactor;
 mod socket;
 pub(crate) mod wire;
 

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::reactor::ReadableFd;
+use crate::sys::reactor::ReadableFd;
 use super::wire::{self, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::sys::{self, Wait};
@@ -89,7 +89,7 @@ impl SocketFd {
         }
     }
 
-    fn registration(&self) -> io::Result<&AsyncFd<super::reactor::Raw>> {
+    fn registration(&self) -> io::Result<&AsyncFd<crate::sys::reactor::Raw>> {
         self.fd.registration()
     }
 
@@ -664,10 +664,8 @@ impl WriteHalf {
                 ))));
             }
             let dup = sys::dup_cloexec(self.sock.fd(), 3)?;
-            // SAFETY: the `AsyncFd` owns this duplicate, so it stays open and the same
-            // descriptor for as long as it is registered.
-            let reg = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
-                .map_err(|e| Error::Io(e.into_parts().1))?;
+            let reg = sys::reactor::register(dup, Interest::WRITABLE)
+                .map_err(|(_, err)| Error::Io(err))?;
             self.writable = Some(reg);
         }
         let reg = self.writable.as_ref().expect("registered above");

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use super::wait::{self, Attempt, Patience, Wait};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
-use crate::ipc::reactor::ReadableFd;
+use crate::sys::reactor::ReadableFd;
 use crate::shm::SharedMemory;
 use crate::sys;
 
@@ -166,7 +166,7 @@ impl Notifier {
         }
     }
 
-    fn registration(&self) -> Result<&AsyncFd<crate::ipc::reactor::Raw>> {
+    fn registration(&self) -> Result<&AsyncFd<crate::sys::reactor::Raw>> {
         Ok(self.fd.registration()?)
     }
 
@@ -449,8 +449,7 @@ pub(crate) fn watch_owner(token: u64) -> Result<Option<OwnerWatch>> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Ok(Some(OwnerWatch(Arc::new(Watch::Plain(pidfd)))));
     }
-    // SAFETY: the `AsyncFd` owns the pidfd for the whole registration.
-    let afd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-        .map_err(|e| Error::Io(e.into_parts().1))?;
+    let afd = sys::reactor::register(pidfd, Interest::READABLE)
+        .map_err(|(_, err)| Error::Io(err))?;
     Ok(Some(OwnerWatch(Arc::new(Watch::Registered(afd)))))
 }

@@ -250,10 +250,8 @@ impl RoomWatch {
             )));
         }
         let dup = sys::dup_cloexec(self.fd(), 3)?;
-        // SAFETY: the `AsyncFd` owns this duplicate, so it stays open and the same
-        // descriptor for as long as it is registered.
-        let reg = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
-            .map_err(|e| Error::Io(e.into_parts().1))?;
+        let reg = sys::reactor::register(dup, Interest::WRITABLE)
+            .map_err(|(_, err)| Error::Io(err))?;
         // Two tasks racing here both register; the loser's duplicate is dropped.
         Ok(self.registration.get_or_init(|| reg))
     }

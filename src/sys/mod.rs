@@ -6,6 +6,7 @@ mod child;
 mod fd;
 mod fork;
 mod futex;
+pub(crate) mod reactor;
 mod socket;
 mod this_process;
 
