@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::*;
-use crate::pool::protocol::{JobKind, Reply};
+use crate::pool::protocol::{Hello, JobKind, Reply};
 
 /// A worker as the rules see it: what it was sent, its claim board as plain numbers
 /// (the same encoding as the shared one), and what was done to it.
