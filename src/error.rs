@@ -186,6 +186,25 @@ pub enum Error {
     /// [`Barrier::reset`](crate::Barrier::reset), as Python's `BrokenBarrierError`.
     #[error("the barrier is broken")]
     BrokenBarrier,
+    /// Descriptors sent to this process (a [`Connection`](crate::Connection), a
+    /// [`Queue`](crate::Queue), a [`PassFd`](crate::PassFd) inside a message) could not
+    /// be installed: it has as many descriptors open as its limit allows
+    /// (`RLIMIT_NOFILE`, what `EMFILE` means). The message that carried them is lost and
+    /// the channel it came on is unusable: close descriptors, or raise the limit, before
+    /// exchanging descriptors again.
+    ///
+    /// ```
+    /// let err = multiprocess::Error::DescriptorLimit { limit: 1024 };
+    /// assert!(err.to_string().contains("limit of 1024 open descriptors"));
+    /// ```
+    #[error(
+        "descriptors sent to this process could not be received: it has reached its limit \
+         of {limit} open descriptors (RLIMIT_NOFILE, EMFILE); the message carrying them is lost"
+    )]
+    DescriptorLimit {
+        /// The soft descriptor limit in force.
+        limit: u64,
+    },
     /// The result of this process was already taken by an earlier `join`.
     #[error("the process result was already taken")]
     AlreadyJoined,
@@ -317,6 +336,7 @@ impl Clone for Error {
                 signal: *signal,
             },
             Error::Timeout { after } => Error::Timeout { after: *after },
+            Error::DescriptorLimit { limit } => Error::DescriptorLimit { limit: *limit },
             Error::Disconnected => Error::Disconnected,
             Error::FrameTooLarge { len, max } => Error::FrameTooLarge {
                 len: *len,

@@ -90,6 +90,17 @@ impl Raised {
     }
 }
 
+/// The error for a message whose descriptors could not be installed: `sys` reports that
+/// as `EMFILE` (`recvmsg` itself never fails so), any other error passes as it is.
+pub(crate) fn receive_error(err: io::Error) -> Result<io::Error, crate::Error> {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => Err(crate::Error::DescriptorLimit {
+            limit: soft_descriptor_limit(),
+        }),
+        _ => Ok(err),
+    }
+}
+
 /// The current soft descriptor limit (`u64::MAX` if unlimited or unknown).
 pub(crate) fn soft_descriptor_limit() -> u64 {
     get().map_or(u64::MAX, |(soft, _)| soft)

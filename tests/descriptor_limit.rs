@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::process::CommandExt;
 
-use multiprocess::{Process, StartMethod};
+use multiprocess::{Connection, PassFd, Process, StartMethod};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tokio::io::AsyncReadExt;
 
@@ -164,4 +164,53 @@ async fn a_child_started_short_of_descriptors_costs_one_and_is_watched_all_the_s
     let mut exits = multiprocess::spawn_process(|x: u32| x + 1, 41).unwrap();
     assert_eq!(exits.join().await.unwrap(), 42);
     assert_eq!(common::zombies(), 0);
+}
+
+type Carrier = Connection<(), (Connection<u8, u8>, PassFd)>;
+
+/// What the child saw: whether the error was the descriptor limit, its message, and
+/// how many descriptors it held afterwards beyond what it held before filling up.
+type AtTheLimit = (bool, String, i64);
+
+fn open_fds() -> i64 {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() as i64
+}
+
+/// Fills the descriptor table to one free slot below a low limit, then receives a
+/// message carrying two descriptors: one can be installed, the other cannot.
+fn receive_at_the_limit(mut carrier: Carrier) -> AtTheLimit {
+    let before = open_fds();
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, before as u64 + 32, hard).unwrap();
+    let mut filler = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        filler.push(file);
+    }
+    filler.pop();
+    let outcome = match carrier.recv_blocking() {
+        Ok(_) => (false, "received at the limit".into(), 0),
+        Err(err) => (
+            matches!(err, multiprocess::Error::DescriptorLimit { .. }),
+            err.to_string(),
+            0,
+        ),
+    };
+    drop(filler);
+    (outcome.0, outcome.1, open_fds() - before)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn descriptors_received_at_the_limit_fail_with_a_clear_error_and_leak_nothing() {
+    let leaks = common::LeakCheck::start().await;
+    let (mut ours, theirs) = multiprocess::pipe::<(Connection<u8, u8>, PassFd), ()>().unwrap();
+    let child = multiprocess::spawn_process(receive_at_the_limit, theirs).unwrap();
+    let (sent, _kept) = multiprocess::pipe::<u8, u8>().unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    ours.send((sent, PassFd(null.into()))).await.unwrap();
+    let (typed, message, leaked) = child.await.unwrap();
+    assert!(typed, "not Error::DescriptorLimit: {message}");
+    assert!(message.contains("descriptor"), "{message}");
+    assert_eq!(leaked, 0, "descriptors left open in the child");
+    drop(ours);
+    leaks.finish().await;
 }

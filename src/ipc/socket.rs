@@ -349,10 +349,10 @@ impl ReadHalf {
         let got = match sys::recv_with_fds(fd, into, space, &mut fds, wait) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return self.fail(Error::Protocol(e.to_string()));
-            }
-            Err(e) => return Err(Error::Io(e)),
+            Err(e) => match crate::limits::receive_error(e) {
+                Ok(e) => return Err(Error::Io(e)),
+                Err(limit) => return self.fail(limit),
+            },
         };
         self.end += got;
         self.fds.extend(fds);

@@ -142,7 +142,9 @@ impl FrameRead {
                         owner,
                     }));
                 }
-                Err(e) => return Err(Error::from_io(e)),
+                Err(e) => {
+                    return Err(crate::limits::receive_error(e).map_or_else(|l| l, Error::from_io));
+                }
             }
         }
     }

@@ -1,12 +1,11 @@
 //! Unix stream sockets: pairs, and sending and receiving bytes with descriptors.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
 
 use super::cvt_retry;
@@ -103,46 +102,69 @@ pub(crate) fn control_buffer() -> Vec<u8> {
     nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE])
 }
 
-/// Receives into `buf`, appending any descriptors that came along (close-on-exec) to
-/// `fds`. Returns the number of bytes read; zero means end of stream.
+/// Receives into `buf`, appending the descriptors that came along (close-on-exec) to
+/// `fds`; `space` is a [`control_buffer`]. Returns the number of bytes read; zero means
+/// end of stream.
+///
+/// The kernel installs received descriptors in our table as it copies the message out.
+/// When the table is full (`RLIMIT_NOFILE`) it stops, installs fewer than were sent and
+/// flags the message `MSG_CTRUNC` (our buffer always has room for `SCM_MAX_FD`, so
+/// nothing else truncates it). The message is then unusable: this fails with `EMFILE`,
+/// and the descriptors that were installed are closed rather than leaked.
 pub(crate) fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
-    space: &mut Vec<u8>,
+    space: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     wait: Wait,
 ) -> io::Result<usize> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut *space),
-            MsgFlags::MSG_CMSG_CLOEXEC | wait.flags(),
-        ) {
-            Ok(msg) => break msg,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    let bytes = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            for raw in received {
-                // SAFETY: SCM_RIGHTS just installed these descriptors in our table; we
-                // are their only owner.
-                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-        }
-    }
-    if truncated {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "peer sent more descriptors than one message may carry",
-        ));
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control buffer).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = space.len() as _;
+    let flags = (MsgFlags::MSG_CMSG_CLOEXEC | wait.flags()).bits();
+    // SAFETY: `msg` points at `iov` (which points at `buf`) and at `space`, all live and
+    // exclusively ours for the call; the kernel writes within their lengths.
+    let bytes = cvt_retry(|| unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags) })?;
+    let bytes = bytes as usize;
+    let before = fds.len();
+    take_rights(&msg, fds);
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        fds.truncate(before);
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
     }
     Ok(bytes)
+}
+
+/// Takes ownership of every descriptor in `msg`'s `SCM_RIGHTS` messages, complete or
+/// not: the kernel installed each of them in our table.
+fn take_rights(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
+    // SAFETY: `msg` was filled by a successful recvmsg, so `msg_controllen` is what the
+    // kernel wrote into the control buffer, and the CMSG macros stay within it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies in the buffer.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: as above; the data follows its header, within `cmsg_len`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) };
+            let len = header.cmsg_len as usize - (data as usize - cmsg as usize);
+            for i in 0..len / size_of::<RawFd>() {
+                // SAFETY: `i` indexes a descriptor inside the data (not necessarily
+                // aligned); each was just installed in our table and has no other owner.
+                let fd = unsafe { OwnedFd::from_raw_fd(data.cast::<RawFd>().add(i).read_unaligned()) };
+                fds.push(fd);
+            }
+        }
+        // SAFETY: `cmsg` is a header of `msg`'s control buffer (see above).
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
 }
 
 /// Receives at most `max` bytes into the spare capacity of `out`, which grows by what
