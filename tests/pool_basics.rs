@@ -285,3 +285,46 @@ async fn a_handle_says_when_its_task_is_finished() {
     drop(pool);
     leaks.finish().await;
 }
+
+/// A worker whose state is not `Send` and is held across an `.await`: plain `async fn`s
+/// in the trait, no attribute, no boxing.
+struct Tally {
+    seen: std::rc::Rc<std::cell::RefCell<Vec<u64>>>,
+}
+
+impl Worker for Tally {
+    type Init = ();
+    type Request = u64;
+    type Response = (u32, Vec<u64>);
+
+    async fn init(_: ()) -> Result<Self, String> {
+        Ok(Tally {
+            seen: Default::default(),
+        })
+    }
+
+    async fn handle(&mut self, x: u64) -> (u32, Vec<u64>) {
+        let seen = self.seen.clone();
+        tokio::task::yield_now().await;
+        seen.borrow_mut().push(x);
+        (std::process::id(), seen.borrow().clone())
+    }
+}
+
+#[tokio::test]
+async fn a_stateful_worker_may_hold_state_that_is_not_send_across_awaits() {
+    let leaks = common::LeakCheck::start().await;
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .build_stateful::<Tally>(())
+        .await
+        .unwrap();
+    let (first_pid, first) = pool.apply(3).await.unwrap();
+    let (second_pid, second) = pool.apply(4).await.unwrap();
+    assert_eq!(first_pid, second_pid);
+    assert_ne!(first_pid, std::process::id());
+    assert_eq!((first, second), (vec![3], vec![3, 4]));
+    pool.close().await;
+    drop(pool);
+    leaks.finish().await;
+}

@@ -138,7 +138,7 @@ impl Core {
 
     /// How many jobs a worker may hold at most.
     pub(crate) fn window(&self) -> usize {
-        self.lock().window()
+        self.config.rules.max_window()
     }
 
     /// A fresh job id, without taking the state lock on every submission.

@@ -79,6 +79,14 @@ pub(crate) struct Rules {
     pub(crate) start_timeout: Duration,
 }
 
+impl Rules {
+    /// How many jobs a worker may hold at most (its claim board has twice as many
+    /// cells, so a job taken back never shares a cell with a new one).
+    pub(crate) fn max_window(&self) -> usize {
+        self.window.unwrap_or(MAX_WINDOW)
+    }
+}
+
 /// A snapshot of a pool's counters.
 ///
 /// ```
@@ -324,12 +332,6 @@ impl<L: Link> State<L> {
             start_failure: None,
             stats: PoolStats::default(),
         }
-    }
-
-    /// How many jobs a worker may hold at most (the size of its claim board is twice
-    /// that, so a job taken back never shares a cell with a new one).
-    pub(crate) fn window(&self) -> usize {
-        self.rules.window.unwrap_or(MAX_WINDOW)
     }
 
     /// Whether a worker that could not be started is still needed.
