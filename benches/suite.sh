@@ -43,7 +43,7 @@ expect ±20% between runs.
 ## Queue and Lock
 
 {text("target/sync-table.md")}
-""" + open("benches/misses.md").read()
+""" + "\n" + open("benches/ten_thousand.md").read() + open("benches/misses.md").read()
 open("BENCHMARKS.md", "w").write(out)
 print("wrote BENCHMARKS.md")
 PY
