@@ -32,6 +32,8 @@ struct Request {
     /// The spawning process's working directory at the time of the spawn, which the
     /// child starts in (the zygote's own is the one it started with).
     cwd: PassFd,
+    /// The child's name, which it bears from the moment it exists.
+    name: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,11 +49,19 @@ fn zygote(conn: Connection<Reply, Request>) {
         let Some(Ok(Request {
             control: PassFd(control),
             cwd: PassFd(cwd),
+            name,
         })) = conn.as_mut().map(|c| c.recv_blocking())
         else {
             return;
         };
-        let reply = match sys::fork_sibling() {
+        // The child inherits the name at its birth, so nothing (`ps`, its spawner, a
+        // leak check) ever sees it under the zygote's.
+        sys::set_thread_name(&name);
+        let forked = sys::fork_sibling();
+        if !matches!(forked, Ok(Forked::Child)) {
+            sys::set_thread_name(NAME);
+        }
+        let reply = match forked {
             Ok(Forked::Child) => {
                 drop(conn.take());
                 child::forked_child(control, cwd);
@@ -121,10 +131,11 @@ fn start_zygote() -> Result<Zygote> {
 /// waiting on it for ever.
 const ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
-fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
+fn ask(zygote: &mut Zygote, control: &OwnedFd, name: &str) -> Result<(u32, OwnedFd)> {
     zygote.conn.send_blocking(Request {
         control: PassFd(control.try_clone()?),
         cwd: PassFd(sys::open_current_dir()?),
+        name: name.to_string(),
     })?;
     match zygote.conn.recv_blocking_timeout(ANSWER_LIMIT) {
         Ok(Reply::Forked {
@@ -145,21 +156,21 @@ fn ask(zygote: &mut Zygote, control: &OwnedFd) -> Result<(u32, OwnedFd)> {
     }
 }
 
-/// Has the zygote fork a child that will run whatever is sent on `control`; returns
+/// Has the zygote fork a child named `name` that will run whatever is sent on `control`; returns
 /// the child's pid and pidfd. A zygote found dead is replaced first. One that fails
 /// while asked is killed (the next spawn starts another) and the error returned: it
 /// may have forked a child holding `control` already, so `control` must not be given
 /// to a second one. (Such a child, forked by a zygote stopped between its fork and its
 /// answer, reads end of stream and exits; its pid never reached us, so it stays a
 /// zombie until we exit.)
-pub(crate) fn fork_child(control: &OwnedFd) -> Result<(u32, OwnedFd)> {
+pub(crate) fn fork_child(control: &OwnedFd, name: &str) -> Result<(u32, OwnedFd)> {
     let mut slot = ZYGOTE.lock().unwrap_or_else(|p| p.into_inner());
     if slot.as_mut().is_none_or(|z| !z.is_alive()) {
         // Dropping a dead zygote's handle reaps it.
         *slot = Some(start_zygote()?);
     }
     let zygote = slot.as_mut().expect("started above");
-    ask(zygote, control).inspect_err(|err| {
+    ask(zygote, control, name).inspect_err(|err| {
         tracing::warn!(error = %err, "fork server failed; replacing it");
         // Killed and reaped with its handle.
         *slot = None;

@@ -46,7 +46,7 @@ pub(crate) fn spawn_function<A: Serialize>(
 /// Starts a child through the fork server; `None` if the server is unavailable.
 fn spawn_by_fork<A: Serialize>(start: &super::protocol::Start, arg: &A) -> Result<Option<Spawned>> {
     let (control, write, child_end) = control_socket(start, arg)?;
-    match forkserver::fork_child(&child_end) {
+    match forkserver::fork_child(&child_end, &start.name) {
         Ok((pid, pidfd)) => {
             drop(child_end);
             flush_in_background(write);
