@@ -194,6 +194,7 @@ pub use process::{
 };
 pub use queue::{JoinableQueue, Queue};
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
+pub use start::preload;
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
 };

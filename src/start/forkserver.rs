@@ -21,6 +21,7 @@ use super::protocol::Entry;
 use super::control::start_message;
 use super::exec::spawn_by_exec;
 use super::options::{Options, StartMethod};
+use super::preload::{self, Preload};
 use crate::error::{Error, Result};
 use crate::exit::ExitWatch;
 use crate::ipc::{Connection, PassFd};
@@ -40,10 +41,24 @@ struct Request {
 enum Reply {
     Forked { pid: u32, pidfd: PassFd },
     Failed(String),
+    /// A preload panicked (with this message): the zygote forks nothing.
+    PreloadFailed(String),
 }
 
-/// The zygote's main loop: one child per request, until we hang up.
-fn zygote(conn: Connection<Reply, Request>) {
+/// What the zygote starts with.
+#[derive(Serialize, Deserialize)]
+struct ZygoteStart {
+    conn: Connection<Reply, Request>,
+    /// Run once, in order, before anything is forked.
+    preloads: Vec<Preload>,
+}
+
+/// The zygote's main loop: the preloads, then one child per request, until we hang up.
+fn zygote(ZygoteStart { conn, preloads }: ZygoteStart) {
+    if let Err(message) = preload::run_all(preloads) {
+        refuse_all(conn, message);
+        return;
+    }
     let mut conn = Some(conn);
     loop {
         let Some(Ok(Request {
@@ -86,6 +101,8 @@ fn zygote(conn: Connection<Reply, Request>) {
 struct Zygote {
     watch: ExitWatch,
     conn: Connection<Request, Reply>,
+    /// Which registration of preloads it ran.
+    preloads: u64,
 }
 
 impl Zygote {
@@ -108,7 +125,21 @@ const NAME: &str = "mp-forkserver";
 
 static ZYGOTE: Mutex<Option<Zygote>> = Mutex::new(None);
 
+/// Answers every request with the preload's failure, until we hang up.
+fn refuse_all(mut conn: Connection<Reply, Request>, message: String) {
+    while let Ok(request) = conn.recv_blocking() {
+        drop(request);
+        if conn
+            .send_blocking(Reply::PreloadFailed(message.clone()))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 fn start_zygote() -> Result<Zygote> {
+    let (preloads, generation) = preload::registered();
     let (conn, theirs) = crate::ipc::pipe::<Request, Reply>()?;
     let options = Options {
         name: Some(NAME.into()),
@@ -118,12 +149,20 @@ fn start_zygote() -> Result<Zygote> {
         ..Options::default()
     };
     let entry = Entry::new::<RunSync<_, ()>>(zygote as fn(_))?;
+    let theirs = ZygoteStart {
+        conn: theirs,
+        preloads,
+    };
     let start = start_message(&options, NAME, entry);
     // The server is the crate's own business, not one of the program's children: its
     // watch is never listed among them, and its outcome is never read.
     let watch = spawn_by_exec(&options, &start, &theirs)?.watch;
     tracing::debug!(pid = watch.pid(), "fork server started");
-    Ok(Zygote { watch, conn })
+    Ok(Zygote {
+        watch,
+        conn,
+        preloads: generation,
+    })
 }
 
 /// How long the zygote may take to answer. It does nothing but fork, so only a zygote
@@ -145,6 +184,9 @@ fn ask(zygote: &mut Zygote, control: &OwnedFd, name: &str) -> Result<(u32, Owned
         Ok(Reply::Failed(err)) => Err(Error::Io(std::io::Error::other(format!(
             "fork server: {err}"
         )))),
+        Ok(Reply::PreloadFailed(message)) => Err(Error::Bootstrap(format!(
+            "a preload function panicked in the fork server: {message}"
+        ))),
         Err(Error::Timeout { after }) => Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
@@ -165,14 +207,21 @@ fn ask(zygote: &mut Zygote, control: &OwnedFd, name: &str) -> Result<(u32, Owned
 /// zombie until we exit.)
 pub(crate) fn fork_child(control: &OwnedFd, name: &str) -> Result<(u32, OwnedFd)> {
     let mut slot = ZYGOTE.lock().unwrap_or_else(|p| p.into_inner());
-    if slot.as_mut().is_none_or(|z| !z.is_alive()) {
-        // Dropping a dead zygote's handle reaps it.
+    let preloads = preload::registered().1;
+    if slot
+        .as_mut()
+        .is_none_or(|z| !z.is_alive() || z.preloads != preloads)
+    {
+        // Dropping a zygote's handle kills and reaps it.
+        *slot = None;
         *slot = Some(start_zygote()?);
     }
     let zygote = slot.as_mut().expect("started above");
     ask(zygote, control, name).inspect_err(|err| {
-        tracing::warn!(error = %err, "fork server failed; replacing it");
-        // Killed and reaped with its handle.
-        *slot = None;
+        if !matches!(err, Error::Bootstrap(_)) {
+            tracing::warn!(error = %err, "fork server failed; replacing it");
+            // Killed and reaped with its handle.
+            *slot = None;
+        }
     })
 }

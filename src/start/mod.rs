@@ -5,6 +5,7 @@
 //! to run, checks it is the same build as its parent, runs the function and reports.
 
 pub(crate) mod parent_death_thread;
+mod preload;
 mod child;
 mod command;
 mod control;
@@ -17,6 +18,7 @@ pub(crate) mod protocol;
 mod spawn;
 
 pub use options::StartMethod;
+pub use preload::preload;
 pub(crate) use options::Options;
 pub(crate) use child::{RunAsync, RunSync, own_name, take_last_panic};
 pub(crate) use protocol::Entry;

@@ -55,6 +55,8 @@ fn spawn_by_fork<A: Serialize>(start: &super::protocol::Start, arg: &A) -> Resul
                 control: ReadHalf::new(control),
             }))
         }
+        // Children without the preloads' work done would be a silent difference.
+        Err(err @ Error::Bootstrap(_)) => Err(err),
         Err(err) => {
             tracing::warn!(error = %err, "fork server unavailable; starting by exec");
             // A server that failed half-way may have forked a child holding this
