@@ -523,7 +523,9 @@ impl<R: DeserializeOwned> Process<R> {
 /// # Panics
 ///
 /// On kernels without pidfds (Linux before 5.3), where a running child has no
-/// descriptor to stand for it; [`Process::pidfd`] says `None` there instead.
+/// descriptor to stand for it, and for a running child watched without a pidfd (started
+/// past half the descriptor limit) when none can be opened now, the process being at its
+/// limit; [`Process::pidfd`] says `None` in both cases instead.
 ///
 /// ```
 /// use std::os::fd::AsFd;
