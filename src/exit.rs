@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
-use futures::task::AtomicWaker;
+use futures_util::task::AtomicWaker;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -319,7 +319,7 @@ impl ExitWatch {
 
     /// Waits for the child's exit.
     pub(crate) async fn wait(&mut self) -> io::Result<Exit> {
-        futures::future::poll_fn(|cx| self.poll_wait(cx)).await
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 
     /// Sends `signal` unless the child has been reaped already (then it is a no-op).

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -67,7 +68,7 @@ pub fn channel<T>() -> Result<(Sender<T>, Receiver<T>)> {
 
 /// One end of a duplex, framed, typed connection: sends `S`, receives `R`.
 ///
-/// Implements [`Sink<S>`](futures::Sink) and [`Stream<Item = Result<R>>`](futures::Stream);
+/// Implements [`Sink<S>`](futures_sink::Sink) and [`Stream<Item = Result<R>>`](futures_core::Stream);
 /// the inherent [`send`](Connection::send) and [`recv`](Connection::recv) are the usual way
 /// in. Every operation also has a `_blocking` form for code without a runtime, such as a
 /// plain function running in a child.
@@ -461,11 +462,11 @@ fn recv_bytes_into_blocking_on(read: &mut ReadHalf, buf: &mut Vec<u8>) -> Result
 
 async fn send_on<T: Serialize + ?Sized>(write: &mut WriteHalf, message: &T) -> Result<()> {
     write.encode(message)?;
-    futures::future::poll_fn(|cx| write.poll_flush(cx)).await
+    std::future::poll_fn(|cx| write.poll_flush(cx)).await
 }
 
 async fn recv_on<T: DeserializeOwned>(read: &mut ReadHalf) -> Result<T> {
-    futures::future::poll_fn(|cx| read.poll_recv(cx))
+    std::future::poll_fn(|cx| read.poll_recv(cx))
         .await
         .unwrap_or(Err(Error::Disconnected))
 }
@@ -635,7 +636,7 @@ impl<T: Serialize> Sender<T> {
     /// # }
     /// ```
     pub async fn close(&mut self) -> Result<()> {
-        futures::future::poll_fn(|cx| self.write.poll_flush(cx)).await?;
+        std::future::poll_fn(|cx| self.write.poll_flush(cx)).await?;
         self.write.shutdown()
     }
 

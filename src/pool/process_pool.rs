@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::Stream;
+use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

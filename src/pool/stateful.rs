@@ -4,7 +4,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -147,10 +147,10 @@ impl<W: Worker> StatefulPool<W> {
         W::Request: Send,
         W::Response: Send,
     {
-        use futures::StreamExt;
+        use futures_util::StreamExt;
         let core = self.core.clone();
         let window = core.workers() * (core.window() + 1);
-        futures::stream::iter(requests)
+        futures_util::stream::iter(requests)
             .map(move |request| {
                 let core = core.clone();
                 submit_job::<W::Request, W::Response>(

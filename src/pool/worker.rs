@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 
-use futures::FutureExt;
+use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;

@@ -401,7 +401,7 @@ impl<R: DeserializeOwned> Process<R> {
         if self.joined {
             return Err(Error::AlreadyJoined);
         }
-        let status = futures::future::poll_fn(|cx| self.poll_exit(cx)).await?;
+        let status = std::future::poll_fn(|cx| self.poll_exit(cx)).await?;
         self.finish(status)
     }
 
@@ -441,8 +441,7 @@ impl<R: DeserializeOwned> Process<R> {
         if self.joined {
             return Err(Error::AlreadyJoined);
         }
-        let waker = futures::task::noop_waker();
-        match self.poll_exit(&mut Context::from_waker(&waker)) {
+        match self.poll_exit(&mut Context::from_waker(std::task::Waker::noop())) {
             Poll::Ready(status) => self.finish(status?).map(Some),
             Poll::Pending => Ok(None),
         }
@@ -479,7 +478,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// A child that another part of the program reaped first gives
     /// [`Error::ReapedElsewhere`]: it has ended, but its status is lost.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
-        let exit = futures::future::poll_fn(|cx| self.poll_exit(cx)).await?;
+        let exit = std::future::poll_fn(|cx| self.poll_exit(cx)).await?;
         self.known_status(exit)
     }
 

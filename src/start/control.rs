@@ -58,7 +58,7 @@ pub(super) fn flush_in_background(mut write: WriteHalf) {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             handle.spawn(async move {
-                let _ = futures::future::poll_fn(|cx| write.poll_flush(cx)).await;
+                let _ = std::future::poll_fn(|cx| write.poll_flush(cx)).await;
             });
         }
         Err(_) => {

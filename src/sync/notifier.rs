@@ -180,7 +180,7 @@ impl Notifier {
     pub(crate) async fn wait(&self, seen: u32, owners: &[OwnerWatch]) -> Result<()> {
         let reg = self.registration()?;
         let _counted = Counted::new(self.count(ASYNC_WAITERS));
-        let mut deaths = futures::future::select_all(
+        let mut deaths = futures_util::future::select_all(
             owners
                 .iter()
                 .map(|o| {

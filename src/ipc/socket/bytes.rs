@@ -80,18 +80,18 @@ impl WriteHalf {
     pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.len() < DIRECT {
             self.encode(serde_bytes::Bytes::new(bytes))?;
-            return futures::future::poll_fn(|cx| self.poll_flush(cx)).await;
+            return std::future::poll_fn(|cx| self.poll_flush(cx)).await;
         }
         let prefix = Prefix::new(bytes.len(), self.max_frame_len)?;
         // Frames buffered earlier go first.
-        futures::future::poll_fn(|cx| self.poll_flush(cx)).await?;
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await?;
         let mut send = DirectSend {
             write: self,
             prefix,
             bytes,
             sent: 0,
         };
-        futures::future::poll_fn(|cx| send.poll(cx)).await
+        std::future::poll_fn(|cx| send.poll(cx)).await
     }
 
     /// [`send_bytes`](Self::send_bytes), blocking the calling thread.
@@ -271,7 +271,7 @@ impl ReadHalf {
     /// Receives the next bytes frame into `out`.
     pub(crate) async fn recv_bytes(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let mut recv = DirectRecv { read: self, out };
-        futures::future::poll_fn(|cx| recv.poll(cx)).await
+        std::future::poll_fn(|cx| recv.poll(cx)).await
     }
 
     /// Receives the next bytes frame into `out`, blocking at most `timeout`.
