@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use multiprocess::{Error, ProcessPool};
+use multiprocess::{Error, PanicOutput, ProcessPool};
 
 /// How many primes are below `limit`, by trial division: CPU work whose cost grows
 /// with the input.
@@ -51,6 +51,8 @@ async fn main() -> multiprocess::Result<()> {
     let pool = ProcessPool::builder()
         .workers(workers)
         .task_timeout(Duration::from_secs(2))
+        // The bar shows each failure; a worker's own line would tear it.
+        .panic_output(PanicOutput::Silent)
         .build()
         .await?;
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiprocess::{Command, Connection, Error, Process, spawn_process};
+use multiprocess::{Command, Connection, Error, PanicOutput, Process, spawn_process};
 
 fn fib(n: u64) -> u64 {
     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
@@ -67,8 +67,12 @@ async fn main() -> multiprocess::Result<()> {
         Ok(()) => println!("[kill] unexpectedly finished"),
     }
 
-    // 4. Failures come back typed, with what happened.
-    let err = spawn_process(panics, "the child panicked on purpose".to_string())?
+    // 4. Failures come back typed, with what happened. A panicking child prints one
+    //    line on stderr by default; this one prints nothing and we print the error
+    //    (`err.panic_report()` has the whole report, backtrace included).
+    let err = Process::builder()
+        .panic_output(PanicOutput::Silent)
+        .spawn(panics, "the child panicked on purpose".to_string())?
         .join()
         .await
         .unwrap_err();

@@ -19,7 +19,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use multiprocess::{Error, Lock, ProcessPool, Queue, pipe, spawn_process};
+use multiprocess::{Error, Lock, PanicOutput, ProcessPool, Queue, pipe, spawn_process};
 
 /// The system allocator, counting the bytes currently allocated.
 struct CountingAllocator;
@@ -263,6 +263,8 @@ async fn new_pool() -> multiprocess::Result<ProcessPool> {
         .workers(2)
         .task_timeout(Duration::from_millis(200))
         .max_tasks_per_worker(100)
+        // The run counts failures; the planted panics need no line each.
+        .panic_output(PanicOutput::Silent)
         .build()
         .await
 }

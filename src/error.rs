@@ -27,13 +27,26 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The child panicked; `message` is its panic message.
-    #[error("child panicked: {message}{}", location_suffix(.location))]
+    /// The child panicked (a pool task: the worker running it). Displays as one line,
+    /// the one the child prints by default
+    /// ([`PanicOutput::Tidy`](crate::PanicOutput::Tidy)); the whole report, backtrace
+    /// included, is [`panic_report`](Error::panic_report).
+    #[error("{}", crate::start::panic::one_line(.process, *.pid, .location.as_deref(), .message))]
+    #[non_exhaustive]
     Panicked {
         /// The panic payload, if it was a string.
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The name of the process that panicked.
+        process: String,
+        /// Its process id.
+        pid: u32,
+        /// The backtrace of the panic, when the child's environment asked for one as
+        /// it asks std for one (`RUST_LIB_BACKTRACE`, else `RUST_BACKTRACE`: unset or
+        /// `0` for none, `full` for every frame, anything else for the frames of the
+        /// program's own code): `stack backtrace:` and the frames, as std prints them.
+        backtrace: Option<String>,
     },
     /// The child was terminated by a signal before it produced a result.
     #[error("child killed by signal {} ({}){}", .signal, signal_name(*.signal), if *.core_dumped { ", core dumped" } else { "" })]
@@ -229,13 +242,6 @@ pub enum Error {
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn location_suffix(location: &Option<String>) -> String {
-    location
-        .as_ref()
-        .map(|l| format!(" at {l}"))
-        .unwrap_or_default()
-}
-
 fn describe_death(signal: Option<i32>, code: Option<i32>) -> String {
     match (signal, code) {
         (Some(signal), _) => format!("signal {signal} ({})", signal_name(signal)),
@@ -261,6 +267,50 @@ impl fmt::Display for SignalName {
 }
 
 impl Error {
+    /// The whole report of a panic, as std prints it but naming the process: where it
+    /// panicked, the message, and the backtrace if one was captured. `None` for other
+    /// errors.
+    ///
+    /// ```
+    /// fn fail(_: ()) {
+    ///     panic!("no more room");
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let err = multiprocess::Process::builder()
+    ///     .name("packer")
+    ///     .panic_output(multiprocess::PanicOutput::Silent)
+    ///     .spawn(fail, ())?
+    ///     .join()
+    ///     .await
+    ///     .unwrap_err();
+    /// let report = err.panic_report().unwrap();
+    /// assert!(report.starts_with("process 'packer' (pid "));
+    /// assert!(report.contains(" panicked at "));
+    /// assert!(report.contains(":\nno more room\n"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn panic_report(&self) -> Option<String> {
+        match self {
+            Error::Panicked {
+                message,
+                location,
+                process,
+                pid,
+                backtrace,
+            } => Some(crate::start::panic::full_report(
+                process,
+                *pid,
+                location.as_deref(),
+                message,
+                backtrace.as_deref(),
+            )),
+            _ => None,
+        }
+    }
+
     /// Maps a non-success exit status to the error that describes it.
     pub(crate) fn from_exit_status(status: std::process::ExitStatus) -> Error {
         use std::os::unix::process::ExitStatusExt;
@@ -319,9 +369,18 @@ impl Error {
 impl Clone for Error {
     fn clone(&self) -> Error {
         match self {
-            Error::Panicked { message, location } => Error::Panicked {
+            Error::Panicked {
+                message,
+                location,
+                process,
+                pid,
+                backtrace,
+            } => Error::Panicked {
                 message: message.clone(),
                 location: location.clone(),
+                process: process.clone(),
+                pid: *pid,
+                backtrace: backtrace.clone(),
             },
             Error::Signaled {
                 signal,
@@ -407,6 +466,9 @@ mod clone_tests {
             Error::Panicked {
                 message: "boom".into(),
                 location: Some("src/main.rs:1:1".into()),
+                process: "Process-1".into(),
+                pid: 42,
+                backtrace: Some("stack backtrace:\n".into()),
             },
         ];
         for err in &errors {

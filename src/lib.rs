@@ -180,6 +180,7 @@ mod sync;
 mod sys;
 
 pub use error::{Error, Result};
+pub use start::PanicOutput;
 pub use exit::{Reaper, reaper};
 pub use net::{Address, AuthKey, Client, Listener, ListenerBuilder};
 pub use ipc::{

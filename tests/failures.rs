@@ -43,7 +43,9 @@ async fn a_panic_comes_back_with_its_message_and_location() {
     let leaks = common::LeakCheck::start().await;
     let err = spawn_process(panics, 7).unwrap().join().await.unwrap_err();
     match err {
-        Error::Panicked { message, location } => {
+        Error::Panicked {
+            message, location, ..
+        } => {
             assert_eq!(message, "boom 7");
             assert!(location.unwrap().contains("failures.rs"));
         }

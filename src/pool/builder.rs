@@ -17,6 +17,7 @@ use super::worker::{CallOne, PlainStart, StatefulStart, plain_worker, stateful_w
 use crate::error::{Error, Result};
 use crate::ipc::wire;
 use crate::process::Process;
+use crate::start::PanicOutput;
 
 /// Configures a [`ProcessPool`] (or a [`StatefulPool`]).
 ///
@@ -48,6 +49,7 @@ pub struct PoolBuilder {
     name: String,
     start_method: Option<crate::StartMethod>,
     memory_limit: Option<u64>,
+    panic_output: PanicOutput,
     start_timeout: Duration,
     init: Option<(CallEntry, Arc<StartArg>)>,
     init_error: Option<Error>,
@@ -65,6 +67,7 @@ impl Default for PoolBuilder {
             name: "pool-worker".into(),
             start_method: None,
             memory_limit: None,
+            panic_output: PanicOutput::Tidy,
             start_timeout: Duration::from_secs(60),
             init: None,
             init_error: None,
@@ -206,6 +209,31 @@ impl PoolBuilder {
         self
     }
 
+    /// What a worker prints on its standard error when a task (or the initializer)
+    /// panics (default [`PanicOutput::Tidy`]: one line naming the worker). The task
+    /// fails with [`Error::Panicked`], carrying the whole report, whatever is printed.
+    ///
+    /// ```
+    /// use multiprocess::{Error, PanicOutput, ProcessPool};
+    ///
+    /// fn check(n: u32) -> u32 {
+    ///     assert!(n < 10, "{n} is too large");
+    ///     n
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::builder().workers(1).panic_output(PanicOutput::Silent).build().await?;
+    /// let err = pool.apply(check, 12).await.unwrap_err();
+    /// assert!(matches!(err, Error::Panicked { ref message, .. } if message == "12 is too large"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn panic_output(mut self, output: PanicOutput) -> Self {
+        self.panic_output = output;
+        self
+    }
+
     /// The workers' process name prefix (default `pool-worker`).
     ///
     /// ```
@@ -282,6 +310,7 @@ impl PoolBuilder {
             self.name.clone(),
             self.start_method,
             self.memory_limit,
+            self.panic_output,
             move |builder, conn, board| {
                 let init = match &init {
                     Some((entry, arg)) => Some((*entry, arg.duplicate()?)),
@@ -309,6 +338,7 @@ impl PoolBuilder {
             self.name.clone(),
             self.start_method,
             self.memory_limit,
+            self.panic_output,
             move |builder, conn, board| {
                 let start = StatefulStart {
                     conn,
@@ -333,6 +363,7 @@ fn spawner<F>(
     name: String,
     method: Option<crate::StartMethod>,
     memory_limit: Option<u64>,
+    panic_output: PanicOutput,
     spawn: F,
 ) -> SpawnWorker
 where
@@ -351,7 +382,8 @@ where
         let mut builder = Process::builder()
             .name(format!("{name}-{n}"))
             .die_with_parent(true)
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .panic_output(panic_output);
         if let Some(method) = method {
             builder = builder.start_method(method);
         }
@@ -374,6 +406,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("name", &self.name)
             .field("start_method", &self.start_method)
             .field("worker_memory_limit", &self.memory_limit)
+            .field("panic_output", &self.panic_output)
             .field("worker_start_timeout", &self.start_timeout)
             .field("initializer", &self.init.is_some())
             .finish()

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::ipc::PassFd;
 use crate::ipc::wire::FdsOut;
 use crate::start::entry::{Named, Trampoline};
+use crate::start::panic::Panic;
 
 /// What a job asks a worker to do.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
@@ -63,10 +64,7 @@ pub(crate) struct JobIn(
 /// Why a job failed inside a live worker.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) enum Failure {
-    Panicked {
-        message: String,
-        location: Option<String>,
-    },
+    Panicked(Panic),
     Decode(String),
     Encode(String),
 }
@@ -74,7 +72,7 @@ pub(crate) enum Failure {
 impl From<Failure> for Error {
     fn from(failure: Failure) -> Error {
         match failure {
-            Failure::Panicked { message, location } => Error::Panicked { message, location },
+            Failure::Panicked(panic) => panic.into(),
             Failure::Decode(msg) => Error::Decode(format!("in the worker: {msg}")),
             Failure::Encode(msg) => Error::Encode(format!("in the worker: {msg}")),
         }

@@ -15,6 +15,7 @@ use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
 use super::stateful::Worker;
 use crate::ipc::{Connection, PassFd, wire};
 use crate::start::entry::Trampoline;
+use crate::start::panic::{self, Panic};
 use crate::start::take_last_panic;
 
 /// How a plain pool's worker starts.
@@ -27,8 +28,14 @@ pub(crate) struct PlainStart {
 }
 
 fn panic_failure() -> Failure {
-    let (message, location) = take_last_panic().unwrap_or(("panicked".into(), None));
-    Failure::Panicked { message, location }
+    Failure::Panicked(take_last_panic().unwrap_or_else(Panic::unrecorded))
+}
+
+/// Calls `f(arg)`, catching its panic; the frames below are left out of short
+/// backtraces.
+fn call_caught<A, R>(f: fn(A) -> R, arg: A) -> Result<R, Failure> {
+    let run = || panic::__rust_begin_short_backtrace(|| f(arg));
+    std::panic::catch_unwind(AssertUnwindSafe(run)).map_err(|_| panic_failure())
 }
 
 /// The trampoline that runs `f` on a decoded argument, turning a panic into a
@@ -47,8 +54,7 @@ impl<A: DeserializeOwned, R: Serialize> Trampoline for CallOne<A, R> {
     fn run(f: fn(A) -> R, (payload, fds): CallInput) -> CallOutput {
         let arg: A =
             wire::decode_payload(&payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
-        let value =
-            std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())?;
+        let value = call_caught(f, arg)?;
         wire::encode_value(&value).map_err(|e| Failure::Encode(e.to_string()))
     }
 }
@@ -71,9 +77,7 @@ impl<A: DeserializeOwned, R: Serialize> Trampoline for CallChunk<A, R> {
             wire::decode_payload(&payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
         let results: Vec<Result<R, Failure>> = args
             .into_iter()
-            .map(|arg| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(|_| panic_failure())
-            })
+            .map(|arg| call_caught(f, arg))
             .collect();
         wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))
     }

@@ -208,6 +208,22 @@ impl ProcessBuilder {
         self
     }
 
+    /// What the child prints on its standard error if it panics (default
+    /// [`PanicOutput::Tidy`](crate::PanicOutput::Tidy): one line with its name, pid,
+    /// the message and where). Whatever is printed, `join` gives
+    /// [`Error::Panicked`](crate::Error::Panicked) with the whole report.
+    ///
+    /// ```
+    /// use multiprocess::{PanicOutput, Process};
+    ///
+    /// // std's full report (and backtrace, as RUST_BACKTRACE asks), naming the process.
+    /// let builder = Process::builder().panic_output(PanicOutput::Full);
+    /// ```
+    pub fn panic_output(mut self, output: crate::PanicOutput) -> Self {
+        self.options.panic_output = output;
+        self
+    }
+
     /// How the child is started (default: [`StartMethod::from_env`](crate::StartMethod::from_env)).
     ///
     /// ```

@@ -9,13 +9,14 @@
 use std::io::Write;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::entry::Trampoline;
 use super::identity;
+use super::panic::{self, Panic, PanicOutput};
 use super::protocol::{CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 use crate::sys;
@@ -97,6 +98,8 @@ fn run_with_control(mut control: Control) -> i32 {
     }
     sys::set_thread_name(&start.name);
     set_own_name(&start.name);
+    control.name = start.name;
+    control.panic_output = start.panic_output;
     if start.identity != identity::current() {
         control.report(&Outcome::<()>::Refused(
             "the child is a different build of the program than its parent".into(),
@@ -133,6 +136,8 @@ fn control_on(fd: std::os::fd::OwnedFd) -> Option<Control> {
         read: ReadHalf::new(socket.clone()),
         write: WriteHalf::new(socket.clone()),
         socket,
+        name: String::new(),
+        panic_output: PanicOutput::default(),
     })
 }
 
@@ -175,43 +180,31 @@ fn die_with_parent(parent_pid: u32) -> bool {
         && nix::unistd::getppid().as_raw() as u32 == parent_pid
 }
 
-/// The last panic of the function's thread: message and location.
-static LAST_PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
+/// The last panic of the function's thread.
+static LAST_PANIC: Mutex<Option<Panic>> = Mutex::new(None);
 
-/// Takes the message and location of the last panic on the function's thread, for code
-/// that caught it (the crate's pool workers catch a task's panic and report it).
-pub(crate) fn take_last_panic() -> Option<(String, Option<String>)> {
+/// Takes the last panic on the function's thread, for code that caught it (the
+/// crate's pool workers catch a task's panic and report it).
+pub(crate) fn take_last_panic() -> Option<Panic> {
     LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Records a panic of the function's own thread as it happens. With `panic = "unwind"`
-/// the report is sent once the panic has escaped the function (a panic the function
-/// catches itself is no failure); with `panic = "abort"` there is no later, so the hook
-/// sends it at once.
-fn install_panic_reporter(socket: Arc<SocketFd>) {
-    let main_thread = std::thread::current().id();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        previous(info);
-        if std::thread::current().id() != main_thread {
-            return;
-        }
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_string());
-        let location = info.location().map(|l| l.to_string());
+/// Prints each panic as the parent asked and records those of the function's own
+/// thread. With `panic = "unwind"` the report is sent once the panic has escaped the
+/// function (a panic the function catches itself is no failure); with
+/// `panic = "abort"` there is no later, so it is sent at once.
+fn install_panic_reporter(control: &Control) {
+    let socket = control.socket.clone();
+    panic::install_hook(control.panic_output, control.name.clone(), move |panic| {
         if cfg!(panic = "abort") {
             let mut write = WriteHalf::new(socket.clone());
             flush_stdio();
-            let _ = write.encode(&Outcome::<()>::Panicked { message, location });
+            let _ = write.encode(&Outcome::<()>::Panicked(panic));
             let _ = write.flush_blocking();
         } else {
-            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(panic);
         }
-    }));
+    });
 }
 
 /// Receives the argument, runs `call` with panics reported, and reports the result.
@@ -227,15 +220,16 @@ fn run_reported<A: DeserializeOwned, R: Serialize>(
         }
         None => return EXIT_FAILED,
     };
-    install_panic_reporter(control.socket.clone());
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(arg))) {
+    install_panic_reporter(control);
+    let run = || panic::__rust_begin_short_backtrace(|| call(arg));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(value) => {
             control.report(&Outcome::Returned(value));
             0
         }
         Err(_) => {
-            let (message, location) = take_last_panic().unwrap_or(("panicked".into(), None));
-            control.report(&Outcome::<()>::Panicked { message, location });
+            let panic = take_last_panic().unwrap_or_else(Panic::unrecorded);
+            control.report(&Outcome::<()>::Panicked(panic));
             EXIT_PANICKED
         }
     }

@@ -31,6 +31,7 @@ pub(super) fn start_message(options: &Options, name: &str, entry: Entry) -> Star
         own_group: options.kill_tree,
         parent_pid: std::process::id(),
         memory_limit: options.memory_limit,
+        panic_output: options.panic_output,
     }
 }
 

@@ -13,12 +13,14 @@ pub(crate) mod entry;
 mod exec;
 mod forkserver;
 mod options;
+pub(crate) mod panic;
 pub(crate) mod identity;
 pub(crate) mod protocol;
 mod spawn;
 
 pub use options::StartMethod;
 pub use preload::preload;
+pub use panic::PanicOutput;
 pub(crate) use options::Options;
 pub(crate) use child::{RunAsync, RunSync, own_name, take_last_panic};
 pub(crate) use protocol::Entry;

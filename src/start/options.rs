@@ -71,6 +71,7 @@ pub(crate) struct Options {
     pub(crate) kill_tree: bool,
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) panic_output: crate::PanicOutput,
 }
 
 impl Default for Options {
@@ -86,6 +87,7 @@ impl Default for Options {
             kill_tree: false,
             start_method: None,
             memory_limit: None,
+            panic_output: crate::PanicOutput::Tidy,
         }
     }
 }

@@ -5,17 +5,20 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::entry::Named;
+use super::panic::{Panic, PanicOutput};
 use crate::error::Error;
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 
 /// A function named for a child: called with the control socket, gives the exit code.
 pub(crate) type Entry = Named<Control, i32>;
 
-/// The child's end of the control socket.
+/// The child's end of the control socket, and what the start message said about panics.
 pub(crate) struct Control {
     pub(super) read: ReadHalf,
     pub(super) write: WriteHalf,
     pub(super) socket: Arc<SocketFd>,
+    pub(super) name: String,
+    pub(super) panic_output: PanicOutput,
 }
 
 /// Parent to child, first frame: what to run. The argument follows as the second frame.
@@ -30,6 +33,7 @@ pub(crate) struct Start {
     pub(crate) own_group: bool,
     pub(crate) parent_pid: u32,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) panic_output: PanicOutput,
 }
 
 /// Child to parent, the only frame: how the function ended.
@@ -40,10 +44,7 @@ pub(crate) struct Start {
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Outcome<R> {
     Returned(R),
-    Panicked {
-        message: String,
-        location: Option<String>,
-    },
+    Panicked(Panic),
     ArgumentUndecodable(String),
     ResultUnencodable(String),
     Refused(String),
@@ -53,7 +54,7 @@ impl<R> Outcome<R> {
     pub(crate) fn into_result(self) -> Result<R, Error> {
         match self {
             Outcome::Returned(value) => Ok(value),
-            Outcome::Panicked { message, location } => Err(Error::Panicked { message, location }),
+            Outcome::Panicked(panic) => Err(panic.into()),
             Outcome::ArgumentUndecodable(msg) => Err(Error::Decode(format!("in the child: {msg}"))),
             Outcome::ResultUnencodable(msg) => Err(Error::Encode(format!("in the child: {msg}"))),
             Outcome::Refused(msg) => Err(Error::Bootstrap(msg)),
