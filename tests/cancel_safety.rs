@@ -167,6 +167,10 @@ async fn cancelled_condition_waits_lose_no_notification_and_hold_no_lock() {
         if tokio::time::timeout(jitter.next(), attempt).await.is_ok() {
             taken += 1;
         }
+        // Nothing of this process's wait, returned or cancelled, stays registered: at
+        // most the consumer's own wait is.
+        let registered = cond.n_waiting();
+        assert!(registered <= 1, "{registered} waits registered");
         if taken == produced - produced / 2 {
             break;
         }
@@ -186,12 +190,14 @@ async fn cancelled_condition_waits_lose_no_notification_and_hold_no_lock() {
     }
     consumer.await.unwrap();
     assert_eq!(tokens.get(), 0);
+    assert_eq!(cond.n_waiting(), 0, "a wait left registered");
     let guard = cond.lock().await.unwrap();
     let (guard, timed_out) = cond
         .wait_timeout(guard, Duration::from_millis(50))
         .await
         .unwrap();
     assert!(timed_out);
+    assert_eq!(cond.n_waiting(), 0, "a timed-out wait left registered");
     drop(guard);
     drop((cond, tokens));
     leaks.finish().await;

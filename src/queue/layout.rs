@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use crate::sync::{LOCK_BYTES, NOTIFIER_BYTES};
+
 /// A value on a cache line of its own.
 #[repr(C, align(64))]
 pub(super) struct Line<T>(pub(super) T);
@@ -24,7 +26,29 @@ pub(super) struct Shared {
     pub(super) data: Line<Bell>,
     /// Producers asleep for room.
     pub(super) space: Line<Bell>,
+    /// The words of the lock producers take to place an entry.
+    pub(super) write_lock: Line<LockWords>,
+    /// The words of the lock consumers take to take an entry.
+    pub(super) read_lock: Line<LockWords>,
+    /// The words of the notifiers for data, space and `join`.
+    pub(super) notifiers: Line<[AtomicU32; 3 * NOTIFIER_BYTES / 4]>,
 }
+
+/// Room for a lock's words.
+#[repr(C, align(8))]
+pub(super) struct LockWords([AtomicU64; LOCK_BYTES / 8]);
+const _: () = assert!(LOCK_BYTES % 8 == 0 && NOTIFIER_BYTES % 4 == 0);
+
+/// Where the write lock's words are.
+pub(super) const WRITE_LOCK: usize = std::mem::offset_of!(Shared, write_lock);
+/// Where the read lock's words are.
+pub(super) const READ_LOCK: usize = std::mem::offset_of!(Shared, read_lock);
+/// Where the notifier consumers sleep on is.
+pub(super) const DATA_WAKE: usize = std::mem::offset_of!(Shared, notifiers);
+/// Where the notifier producers sleep on is.
+pub(super) const SPACE_WAKE: usize = DATA_WAKE + NOTIFIER_BYTES;
+/// Where the notifier `join` sleeps on is.
+pub(super) const DONE_WAKE: usize = SPACE_WAKE + NOTIFIER_BYTES;
 
 /// Words set once, or rarely.
 #[repr(C)]

@@ -8,7 +8,10 @@ use std::sync::atomic::Ordering::SeqCst;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::frame::{self, Pending, RawFrame};
-use super::layout::{self, OPEN, RING, SHUT, SHUT_NOW, Shared};
+use super::layout::{
+    self, DATA_WAKE, DONE_WAKE, OPEN, READ_LOCK, RING, SHUT, SHUT_NOW, SPACE_WAKE, Shared,
+    WRITE_LOCK,
+};
 use crate::error::{Error, Result};
 use crate::ipc::{PassFd, SocketFd};
 use crate::shm::SharedMemory;
@@ -71,23 +74,36 @@ impl Inner {
         let ring_len = (capacity as usize).saturating_mul(64).clamp(4096, 1 << 20);
         let state = SharedMemory::named("multiprocess-queue", RING + ring_len)?;
         let (writer, reader) = crate::sys::stream_socketpair()?;
-        let writer = SocketFd::new(writer)?;
-        let inner = Inner {
-            state,
-            room: RoomWatch::new(writer.clone()),
-            writer,
-            reader: SocketFd::new(reader)?,
-            write_lock: Lock::new()?,
-            read_lock: Lock::new()?,
-            space: Notifier::new()?,
-            data: Notifier::new()?,
-            done: join.then(Notifier::new).transpose()?,
-            pending: Pending::default(),
-        };
+        let data = Notifier::in_page(&state, DATA_WAKE)?;
+        let inner = Self::from_parts(state, writer, reader, data, join)?;
         let settings = &inner.shared().settings.0;
         settings.capacity.store(capacity, SeqCst);
         settings.ring_len.store(ring_len as u32, SeqCst);
         Ok(inner)
+    }
+
+    /// Every part of a queue, from its page, its sockets and the notifier that lends
+    /// its eventfd to the others (and to the locks).
+    fn from_parts(
+        state: SharedMemory,
+        writer: OwnedFd,
+        reader: OwnedFd,
+        data: Notifier,
+        join: bool,
+    ) -> std::io::Result<Inner> {
+        let writer = SocketFd::new(writer)?;
+        Ok(Inner {
+            room: RoomWatch::new(writer.clone()),
+            writer,
+            reader: SocketFd::new(reader)?,
+            write_lock: Lock::in_page(&state, WRITE_LOCK, &data),
+            read_lock: Lock::in_page(&state, READ_LOCK, &data),
+            space: data.sharing(&state, SPACE_WAKE),
+            done: join.then(|| data.sharing(&state, DONE_WAKE)),
+            data,
+            state,
+            pending: Pending::default(),
+        })
     }
 
     pub(super) fn shared(&self) -> &Shared {
@@ -461,11 +477,8 @@ impl Serialize for Inner {
             &self.state,
             dup(&self.writer)?,
             dup(&self.reader)?,
-            &self.write_lock,
-            &self.read_lock,
-            &self.space,
-            &self.data,
-            &self.done,
+            self.data.wake_fd_for_message()?,
+            self.done.is_some(),
         )
             .serialize(serializer)
     }
@@ -473,31 +486,9 @@ impl Serialize for Inner {
 
 impl<'de> Deserialize<'de> for Inner {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        type Parts = (
-            SharedMemory,
-            PassFd,
-            PassFd,
-            Lock,
-            Lock,
-            Notifier,
-            Notifier,
-            Option<Notifier>,
-        );
-        let (state, PassFd(writer), PassFd(reader), write_lock, read_lock, space, data, done) =
-            Parts::deserialize(deserializer)?;
-        let socket = |fd: OwnedFd| SocketFd::new(fd).map_err(serde::de::Error::custom);
-        let writer = socket(writer)?;
-        Ok(Inner {
-            state,
-            room: RoomWatch::new(writer.clone()),
-            writer,
-            reader: socket(reader)?,
-            write_lock,
-            read_lock,
-            space,
-            data,
-            done,
-            pending: Pending::default(),
-        })
+        let (state, PassFd(writer), PassFd(reader), wake, join) =
+            <(SharedMemory, PassFd, PassFd, PassFd, bool)>::deserialize(deserializer)?;
+        let data = Notifier::from_message(wake, &state, RING, DATA_WAKE, "queue")?;
+        Self::from_parts(state, writer, reader, data, join).map_err(serde::de::Error::custom)
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::Lock;
 use super::{
-    Attempt, Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Patience, Wait, drive,
+    Attempt, Counted, LOCK_BYTES, NOTIFIER_BYTES, Notifier, OwnerWatch, Patience, Wait, drive,
     drive_blocking, token, waited_forever, watch_owner,
 };
 use crate::ipc::PassFd;
@@ -35,9 +35,11 @@ use crate::start::entry::{Named, Trampoline};
 const ROUND: usize = 0;
 const PARTIES: usize = 8;
 const WAKE: usize = 12;
-const SLOTS: usize = 24;
+/// The internal lock's words.
+const GUARD: usize = 24;
+const SLOTS: usize = GUARD + LOCK_BYTES;
 const SLOT_SIZE: usize = 8;
-const _: () = assert!(WAKE + NOTIFIER_BYTES <= SLOTS && SLOTS % SLOT_SIZE == 0);
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= GUARD && SLOTS % SLOT_SIZE == 0);
 
 /// How many times a party tries the internal lock before it waits for it.
 const ENTER_SPINS: u32 = 100;
@@ -276,10 +278,11 @@ impl Barrier {
         let page =
             SharedMemory::named("multiprocess-barrier", SLOTS + SLOT_SIZE * parties as usize)?;
         page.atomic::<AtomicU32>(PARTIES).store(parties, SeqCst);
+        let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Barrier {
             inner: Arc::new(Inner {
-                guard: Lock::new()?,
-                wake: Notifier::in_page(&page, WAKE)?,
+                guard: Lock::in_page(&page, GUARD, &wake),
+                wake,
                 page,
                 action,
             }),
@@ -948,19 +951,19 @@ impl Serialize for Barrier {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let inner = &self.inner;
         let wake = inner.wake.wake_fd_for_message()?;
-        (&inner.page, &inner.guard, wake, inner.action).serialize(serializer)
+        (&inner.page, wake, inner.action).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (page, guard, wake, action) =
-            <(SharedMemory, Lock, PassFd, Option<Action>)>::deserialize(deserializer)?;
+        let (page, wake, action) =
+            <(SharedMemory, PassFd, Option<Action>)>::deserialize(deserializer)?;
         let wake = Notifier::from_message(wake, &page, SLOTS + SLOT_SIZE, WAKE, "barrier")?;
         Ok(Barrier {
             inner: Arc::new(Inner {
+                guard: Lock::in_page(&page, GUARD, &wake),
                 page,
-                guard,
                 wake,
                 action,
             }),

@@ -7,20 +7,22 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    Lock, LockGuard, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, is_alive, passed, token,
+    LOCK_BYTES, Lock, LockGuard, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, is_alive, passed, token,
 };
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
 
 /// Layout of the condition's page: the next waiter's ticket, the notifier's words, then
-/// one slot per waiter (its state, its process).
+/// the words of its own lock, then one slot per waiter (its state, its process).
 const NEXT_TICKET: usize = 0;
 const WAKE: usize = 16;
-const SLOTS: usize = 64;
+/// The words of the condition's own lock (one it was not given).
+const LOCK: usize = 32;
+const SLOTS: usize = LOCK + LOCK_BYTES;
 const SLOT_SIZE: usize = 16;
 const PAGE: usize = 4096;
-const _: () = assert!(WAKE + NOTIFIER_BYTES <= SLOTS);
+const _: () = assert!(WAKE + NOTIFIER_BYTES <= LOCK && LOCK % 8 == 0);
 /// How many waiters, in all processes, may wait at the same time.
 const MAX_WAITERS: usize = (PAGE - SLOTS) / SLOT_SIZE;
 
@@ -59,7 +61,7 @@ fn number(state: u64) -> u64 {
 /// Our additions: every wait has a timeout form and a blocking form (see the crate
 /// docs); a cancelled async wait never leaves the lock held, and a notification that
 /// reached a wait cancelled before it returned passes on to the next eligible waiter
-/// instead of being lost; a waiter whose process died is skipped. At most 252 waiters
+/// instead of being lost; a waiter whose process died is skipped. At most 251 waiters
 /// may wait at the same time (then [`Error::BoundExceeded`]).
 ///
 /// ```
@@ -94,12 +96,15 @@ pub struct Condition {
 struct Inner {
     page: SharedMemory,
     wake: Notifier,
+    /// The lock's words are in `page` (a condition made with its own lock).
+    lock_in_page: bool,
 }
 
 impl std::fmt::Debug for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Condition")
             .field("lock", &self.lock)
+            .field("n_waiting", &self.n_waiting())
             .finish()
     }
 }
@@ -176,7 +181,23 @@ impl Condition {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn new() -> Result<Condition> {
-        Self::with_lock(Lock::new()?)
+        let (page, wake) = Self::page()?;
+        Ok(Condition {
+            lock: Lock::in_page(&page, LOCK, &wake),
+            inner: Arc::new(Inner {
+                page,
+                wake,
+                lock_in_page: true,
+            }),
+        })
+    }
+
+    /// A new condition's page, and its notifier (whose eventfd its own lock shares).
+    fn page() -> Result<(SharedMemory, Notifier)> {
+        let page = SharedMemory::named("multiprocess-condition", PAGE)?;
+        page.atomic::<AtomicU64>(NEXT_TICKET).store(1, SeqCst);
+        let wake = Notifier::in_page(&page, WAKE)?;
+        Ok((page, wake))
     }
 
     /// A condition over an existing lock, like Python's `Condition(lock)`.
@@ -190,13 +211,38 @@ impl Condition {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn with_lock(lock: Lock) -> Result<Condition> {
-        let page = SharedMemory::named("multiprocess-condition", PAGE)?;
-        page.atomic::<AtomicU64>(NEXT_TICKET).store(1, SeqCst);
-        let wake = Notifier::in_page(&page, WAKE)?;
+        let (page, wake) = Self::page()?;
         Ok(Condition {
             lock,
-            inner: Arc::new(Inner { page, wake }),
+            inner: Arc::new(Inner {
+                page,
+                wake,
+                lock_in_page: false,
+            }),
         })
+    }
+
+    /// How many waits on this condition, in all processes, are registered right now:
+    /// waiting, or notified and not yet returned. A wait that returned, timed out or
+    /// was cancelled is not counted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// use std::time::Duration;
+    /// let cond = multiprocess::Condition::new()?;
+    /// let guard = cond.lock().await?;
+    /// let (guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(1)).await?;
+    /// assert!(timed_out);
+    /// assert_eq!(cond.n_waiting(), 0);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn n_waiting(&self) -> usize {
+        (0..MAX_WAITERS)
+            .filter(|&index| self.slot_state(index).load(SeqCst) != FREE)
+            .count()
     }
 
     fn next_ticket(&self) -> &AtomicU64 {
@@ -590,17 +636,25 @@ fn ready_if(woken: bool) -> Step<()> {
 impl Serialize for Condition {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let wake = self.inner.wake.wake_fd_for_message()?;
-        (&self.lock, &self.inner.page, wake).serialize(serializer)
+        // A lock in the condition's page comes with the page.
+        let lock = (!self.inner.lock_in_page).then_some(&self.lock);
+        (lock, &self.inner.page, wake).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (lock, page, wake) = <(Lock, SharedMemory, PassFd)>::deserialize(deserializer)?;
+        let (lock, page, wake) =
+            <(Option<Lock>, SharedMemory, PassFd)>::deserialize(deserializer)?;
         let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "condition")?;
+        let lock_in_page = lock.is_none();
         Ok(Condition {
-            lock,
-            inner: Arc::new(Inner { page, wake }),
+            lock: lock.unwrap_or_else(|| Lock::in_page(&page, LOCK, &wake)),
+            inner: Arc::new(Inner {
+                page,
+                wake,
+                lock_in_page,
+            }),
         })
     }
 }

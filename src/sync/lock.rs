@@ -22,6 +22,8 @@ const WAKE: usize = 16;
 pub(super) const HOLDING_THREAD: usize = 32;
 pub(super) const DEPTH: usize = 40;
 const PAGE: usize = 48;
+/// Bytes a lock occupies in its owner's page (8-byte aligned).
+pub(crate) const LOCK_BYTES: usize = PAGE;
 const _: () = assert!(WAKE + NOTIFIER_BYTES <= HOLDING_THREAD);
 
 /// A lock shared by processes: at most one holder at a time, in any process.
@@ -70,6 +72,8 @@ pub struct Lock {
 
 struct Inner {
     page: SharedMemory,
+    /// Where the lock's words start in `page`.
+    base: usize,
     wake: Notifier,
 }
 
@@ -125,8 +129,26 @@ impl Lock {
         let page = SharedMemory::named("multiprocess-lock", PAGE)?;
         let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Lock {
-            inner: Arc::new(Inner { page, wake }),
+            inner: Arc::new(Inner {
+                page,
+                base: 0,
+                wake,
+            }),
         })
+    }
+
+    /// A lock whose words are the [`LOCK_BYTES`] of `page` from `base` (8-aligned),
+    /// woken through `wakes`'s eventfd: an owner's internal lock that costs no
+    /// descriptor or mapping of its own.
+    pub(crate) fn in_page(page: &SharedMemory, base: usize, wakes: &Notifier) -> Lock {
+        debug_assert!(base % 8 == 0 && base + PAGE <= page.len());
+        Lock {
+            inner: Arc::new(Inner {
+                page: page.clone(),
+                base,
+                wake: wakes.sharing(page, base + WAKE),
+            }),
+        }
     }
 
     /// Whether `other` is a handle to the same lock, in this process or from another.
@@ -140,20 +162,21 @@ impl Lock {
     }
 
     fn owner_word(&self) -> &AtomicU64 {
-        self.inner.page.atomic(OWNER)
+        self.word(OWNER)
     }
 
     fn waiters(&self) -> &AtomicU32 {
-        self.inner.page.atomic(WAITERS)
+        self.word(WAITERS)
     }
 
     fn poisoned_by(&self) -> &AtomicU32 {
-        self.inner.page.atomic(POISONED_BY)
+        self.word(POISONED_BY)
     }
 
-    /// A word of the lock's page, for [`RLock`](super::RLock).
+    /// A word of the lock, by its offset in the lock's layout (also for
+    /// [`RLock`](super::RLock)).
     pub(super) fn word<A>(&self, offset: usize) -> &A {
-        self.inner.page.atomic(offset)
+        self.inner.page.atomic(self.inner.base + offset)
     }
 
     /// Whether this process holds the lock.
@@ -398,16 +421,20 @@ impl Lock {
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let wake = self.inner.wake.wake_fd_for_message()?;
-        (&self.inner.page, wake).serialize(serializer)
+        (&self.inner.page, wake, self.inner.base as u32).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (page, wake) = <(SharedMemory, PassFd)>::deserialize(deserializer)?;
-        let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "lock")?;
+        let (page, wake, base) = <(SharedMemory, PassFd, u32)>::deserialize(deserializer)?;
+        let base = base as usize;
+        if base % 8 != 0 {
+            return Err(serde::de::Error::custom("lock words misaligned"));
+        }
+        let wake = Notifier::from_message(wake, &page, base + PAGE, base + WAKE, "lock")?;
         Ok(Lock {
-            inner: Arc::new(Inner { page, wake }),
+            inner: Arc::new(Inner { page, base, wake }),
         })
     }
 }

@@ -2,12 +2,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -27,11 +28,13 @@ use crate::sys;
 /// an edge; the eventfd is never drained, so one waiter cannot swallow another's
 /// wake-up), blocking waiters through a futex on the sequence number itself.
 ///
-/// Its three words (sequence number and waiter counts) live either in a page of its own
-/// ([`Notifier::new`]) or in its owner's page ([`Notifier::in_page`]), which saves the
-/// owner a descriptor and a mapping.
+/// Its three words (sequence number and waiter counts) live in its owner's page
+/// ([`Notifier::in_page`]), and an owner with several notifiers (and internal locks)
+/// gives them all one eventfd ([`Notifier::sharing`]): a primitive costs one mapping
+/// and one wake-up descriptor however many ways it has to wait.
 pub(crate) struct Notifier {
-    fd: ReadableFd,
+    /// Shared by the notifiers of one owner ([`sharing`](Notifier::sharing)).
+    fd: Arc<ReadableFd>,
     seq: SharedMemory,
     base: usize,
 }
@@ -78,18 +81,6 @@ impl Drop for Counted<'_> {
 const OWNER_CHECK: Duration = Duration::from_millis(20);
 
 impl Notifier {
-    pub(crate) fn new() -> Result<Notifier> {
-        let fd: OwnedFd =
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-                .map_err(io::Error::from)?
-                .into();
-        Ok(Self::from_parts(
-            fd,
-            SharedMemory::named("multiprocess-wake", NOTIFIER_BYTES)?,
-            0,
-        ))
-    }
-
     /// A notifier whose words are the [`NOTIFIER_BYTES`] of `page` from `base`: only
     /// its eventfd is a descriptor of its own.
     pub(crate) fn in_page(page: &SharedMemory, base: usize) -> Result<Notifier> {
@@ -98,6 +89,18 @@ impl Notifier {
                 .map_err(io::Error::from)?
                 .into();
         Ok(Self::from_parts(fd, page.clone(), base))
+    }
+
+    /// A notifier whose words are the [`NOTIFIER_BYTES`] of `page` from `base`, and
+    /// whose eventfd is this one's: an owner with several notifiers (and locks) in its
+    /// page needs one descriptor for all their wake-ups. A wake-up meant for one of them
+    /// reaches async waiters of the others too, which look, find nothing, and wait on.
+    pub(crate) fn sharing(&self, page: &SharedMemory, base: usize) -> Notifier {
+        Notifier {
+            fd: self.fd.clone(),
+            seq: page.clone(),
+            base,
+        }
     }
 
     /// The eventfd, for an owner that sends its page itself and rebuilds the notifier
@@ -135,7 +138,7 @@ impl Notifier {
 
     fn from_parts(fd: OwnedFd, seq: SharedMemory, base: usize) -> Notifier {
         Notifier {
-            fd: ReadableFd::new(fd),
+            fd: Arc::new(ReadableFd::new(fd)),
             seq,
             base,
         }
@@ -192,19 +195,25 @@ impl Notifier {
                 .chain(std::iter::once(Box::pin(std::future::pending()) as _)),
         );
         loop {
+            // Registered for readiness before looking: a notification after the look
+            // then wakes this wait even if another waiter on the same eventfd clears
+            // the readiness first (it may find its own number unchanged).
+            let mut readable = std::pin::pin!(reg.readable());
+            let early = std::future::poll_fn(|cx| Poll::Ready(readable.as_mut().poll(cx))).await;
             if self.observe() != seen {
                 return Ok(());
             }
-            tokio::select! {
-                ready = reg.readable() => {
-                    let mut guard = ready?;
-                    if self.observe() == seen {
-                        // A stale edge from an earlier notification; a new one
-                        // arriving meanwhile keeps the readiness (tokio's tick check).
-                        guard.clear_ready();
-                    }
-                }
-                (died, _, _) = &mut deaths => return died,
+            let ready = match early {
+                Poll::Ready(ready) => ready,
+                Poll::Pending => tokio::select! {
+                    ready = &mut readable => ready,
+                    (died, _, _) = &mut deaths => return died,
+                },
+            };
+            if self.observe() == seen {
+                // A stale edge from an earlier notification; a new one arriving
+                // meanwhile keeps the readiness (tokio's tick check).
+                ready?.clear_ready();
             }
         }
     }
@@ -311,30 +320,6 @@ impl Notifier {
             }
             sys::futex_wait(self.seq(), seen, timeout);
         }
-    }
-}
-
-impl Serialize for Notifier {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let fd = self
-            .fd
-            .owned()
-            .try_clone()
-            .map_err(serde::ser::Error::custom)?;
-        (PassFd(fd), &self.seq, self.base as u32).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Notifier {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (PassFd(fd), seq, base) = <(PassFd, SharedMemory, u32)>::deserialize(deserializer)?;
-        let base = base as usize;
-        if base % 4 != 0 || base + NOTIFIER_BYTES > seq.len() {
-            return Err(serde::de::Error::custom(
-                "notifier words outside their page",
-            ));
-        }
-        Ok(Notifier::from_parts(fd, seq, base))
     }
 }
 
