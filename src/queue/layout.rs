@@ -30,9 +30,16 @@ pub(super) struct Shared {
     pub(super) write_lock: Line<LockWords>,
     /// The words of the lock consumers take to take an entry.
     pub(super) read_lock: Line<LockWords>,
-    /// The words of the notifiers for data, space and `join`.
-    pub(super) notifiers: Line<[AtomicU32; 3 * NOTIFIER_BYTES / 4]>,
+    /// The words of the notifier consumers sleep on.
+    pub(super) data_wake: Line<NotifierWords>,
+    /// The words of the notifier producers sleep on.
+    pub(super) space_wake: Line<NotifierWords>,
+    /// The words of the notifier `join` sleeps on.
+    pub(super) done_wake: Line<NotifierWords>,
 }
+
+/// Room for a notifier's words.
+pub(super) type NotifierWords = [AtomicU32; NOTIFIER_BYTES / 4];
 
 /// Room for a lock's words.
 #[repr(C, align(8))]
@@ -44,11 +51,11 @@ pub(super) const WRITE_LOCK: usize = std::mem::offset_of!(Shared, write_lock);
 /// Where the read lock's words are.
 pub(super) const READ_LOCK: usize = std::mem::offset_of!(Shared, read_lock);
 /// Where the notifier consumers sleep on is.
-pub(super) const DATA_WAKE: usize = std::mem::offset_of!(Shared, notifiers);
+pub(super) const DATA_WAKE: usize = std::mem::offset_of!(Shared, data_wake);
 /// Where the notifier producers sleep on is.
-pub(super) const SPACE_WAKE: usize = DATA_WAKE + NOTIFIER_BYTES;
+pub(super) const SPACE_WAKE: usize = std::mem::offset_of!(Shared, space_wake);
 /// Where the notifier `join` sleeps on is.
-pub(super) const DONE_WAKE: usize = SPACE_WAKE + NOTIFIER_BYTES;
+pub(super) const DONE_WAKE: usize = std::mem::offset_of!(Shared, done_wake);
 
 /// Words set once, or rarely.
 #[repr(C)]

@@ -425,17 +425,20 @@ impl Inner {
             Bell::Space => (&self.space, &self.shared().space.0),
             Bell::Data => (&self.data, &self.shared().data.0),
         };
+        // Only an attempt that may sleep now needs the number (and to clear `rung`):
+        // the first look of a call spares both.
+        let sleeper = counted.is_some() || !enlist;
         if counted.is_some() {
             words.rung.store(0, SeqCst);
         }
-        let seen = notifier.observe();
+        let seen = sleeper.then(|| notifier.observe());
         if ready()? {
             return Ok(Attempt::Ready(()));
         }
-        if enlist && counted.is_none() {
+        let Some(seen) = seen else {
             *counted = Some(Counted::new(&words.waiters));
             return Ok(Attempt::Again);
-        }
+        };
         Ok(Attempt::Wait(Wait::Notified {
             notifier,
             seen,

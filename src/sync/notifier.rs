@@ -247,7 +247,10 @@ impl Notifier {
         counted: &mut Option<Counted<'a>>,
         step: impl FnOnce() -> Result<Step<T>>,
     ) -> Result<Attempt<'a, T>> {
-        let seen = self.observe();
+        // The number is needed only by an attempt that may wait now: one already
+        // counted, or one that is never counted. An uncontended attempt spares the
+        // load (and the cache line other processes write).
+        let seen = (counted.is_some() || waiters.is_none()).then(|| self.observe());
         Ok(match step()? {
             Step::Ready(ready) => Attempt::Ready(ready),
             Step::Again => Attempt::Again,
@@ -258,7 +261,7 @@ impl Notifier {
                 }
                 _ => Attempt::Wait(Wait::Notified {
                     notifier: self,
-                    seen,
+                    seen: seen.unwrap_or_else(|| self.observe()),
                     owners,
                     until: None,
                 }),
