@@ -1,7 +1,8 @@
 //! [`Client`]: connects to a [`Listener`](crate::Listener) and authenticates.
 
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
@@ -122,12 +123,45 @@ impl Client {
                 self.tcp_blocking(&addrs, key, deadline)?
             }
             Address::Unix(path) => {
-                let mut stream = StdUnixStream::connect(path)?;
+                let mut stream = self.unix_blocking(path, deadline)?;
                 auth::client_handshake_blocking(&mut stream, key, deadline, self.timeout)?;
                 OwnedFd::from(stream)
             }
         };
         Connection::from_fd(fd)
+    }
+
+    /// Connects to a Unix socket, waiting no longer than the deadline for room in the
+    /// listener's queue: a blocking Unix `connect` to a full queue otherwise waits until
+    /// the listener accepts, however long that takes.
+    fn unix_blocking(&self, path: &Path, deadline: Instant) -> Result<StdUnixStream> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt};
+        let timeout = Error::Timeout {
+            after: self.timeout,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timeout);
+        }
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(io_error)?;
+        // Bounds the wait for room in the queue (and later writes, until the handshake
+        // sets its own limits).
+        let limit = nix::sys::time::TimeVal::new(
+            left.as_secs() as _,
+            // At least a microsecond: zero would mean no limit at all.
+            left.subsec_micros().max(1) as _,
+        );
+        setsockopt(&fd, sockopt::SendTimeout, &limit).map_err(io_error)?;
+        let addr = UnixAddr::new(path).map_err(io_error)?;
+        loop {
+            // An interrupted Unix connect leaves the socket unconnected: try again.
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => return Ok(StdUnixStream::from(fd)),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return Err(timeout),
+                Err(e) => return Err(io_error(e)),
+            }
+        }
     }
 
     /// Tries each address in turn until one connects, then authenticates on it.
@@ -155,12 +189,36 @@ impl Client {
     }
 }
 
+fn io_error(e: nix::errno::Errno) -> Error {
+    Error::Io(e.into())
+}
+
+/// The first and the longest pause between tries to connect to a Unix socket whose
+/// queue is full.
+const QUEUE_FULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+
+/// Connects to a Unix socket, trying again while the listener's queue is full (a
+/// non-blocking Unix `connect` fails at once then, where TCP would wait) until the
+/// caller's time limit ends the wait.
+async fn unix_async(path: &Path) -> Result<UnixStream> {
+    let mut pause = QUEUE_FULL_BACKOFF.0;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(QUEUE_FULL_BACKOFF.1);
+            }
+            connected => return Ok(connected?),
+        }
+    }
+}
+
 async fn connect_async(address: &Address, key: &AuthKey) -> Result<OwnedFd> {
     match address {
         Address::Tcp(addr) => tcp_async(TcpStream::connect(addr).await?, key).await,
         Address::Host(host) => tcp_async(TcpStream::connect(host.as_str()).await?, key).await,
         Address::Unix(path) => {
-            let mut stream = UnixStream::connect(path).await?;
+            let mut stream = unix_async(path).await?;
             auth::client_handshake(&mut stream, key).await?;
             Ok(OwnedFd::from(stream.into_std()?))
         }

@@ -1,8 +1,10 @@
 //! [`Listener`]: accepts connections by address, each authenticated before it is handed
 //! out.
 
+use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +40,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// `debug` level.
 ///
 /// Binds to loopback unless given another address; see the crate's Security notes
-/// before binding anywhere else. A Unix socket's file is removed when the listener is
-/// dropped.
+/// before binding anywhere else.
+///
+/// A Unix socket's file is removed when the listener is dropped, unless another file
+/// has taken its place by then. A socket file left at the path by a listener that died
+/// without removing it (nothing accepts on it) is replaced; a socket something still
+/// listens on, or a file that is not a socket, is left alone and binding fails with
+/// `Err(Io)` of kind `AddrInUse`.
 ///
 /// ```
 /// use multiprocess::{AuthKey, Client, Listener};
@@ -66,7 +73,7 @@ pub struct Listener {
     last_accepted: Mutex<Option<Address>>,
     rejected: Arc<AtomicU64>,
     serving: JoinHandle<()>,
-    socket_file: Option<PathBuf>,
+    socket_file: Option<SocketFile>,
 }
 
 #[derive(Debug)]
@@ -333,8 +340,8 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.serving.abort();
-        if let Some(path) = &self.socket_file {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = &self.socket_file {
+            file.remove();
         }
     }
 }
@@ -359,19 +366,19 @@ enum Stream {
 
 impl Incoming {
     /// Binds; also returns the bound address and the socket file to remove later.
-    async fn bind(address: &Address) -> Result<(Incoming, Address, Option<PathBuf>)> {
+    async fn bind(address: &Address) -> Result<(Incoming, Address, Option<SocketFile>)> {
         match address {
             Address::Tcp(addr) => Incoming::bind_tcp(TcpListener::bind(addr).await?),
             Address::Host(host) => Incoming::bind_tcp(TcpListener::bind(host.as_str()).await?),
             Address::Unix(path) => {
-                let socket = UnixListener::bind(path)?;
-                let bound = Address::Unix(path.clone());
-                Ok((Incoming::Unix(socket), bound, Some(path.clone())))
+                let socket = bind_unix(path).await?;
+                let file = SocketFile::new(path)?;
+                Ok((Incoming::Unix(socket), Address::Unix(path.clone()), Some(file)))
             }
         }
     }
 
-    fn bind_tcp(socket: TcpListener) -> Result<(Incoming, Address, Option<PathBuf>)> {
+    fn bind_tcp(socket: TcpListener) -> Result<(Incoming, Address, Option<SocketFile>)> {
         let bound = Address::Tcp(socket.local_addr()?);
         Ok((Incoming::Tcp(socket), bound, None))
     }
@@ -387,6 +394,61 @@ impl Incoming {
                 let path = peer.as_pathname().map(PathBuf::from).unwrap_or_default();
                 Ok((Stream::Unix(stream), Address::Unix(path)))
             }
+        }
+    }
+}
+
+/// Binds a Unix socket at `path`, first removing a stale socket file found there.
+async fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if path.as_os_str().is_empty() {
+        // The kernel would bind an unnamed abstract address no client could reach.
+        let empty = io::Error::new(io::ErrorKind::InvalidInput, "a Unix socket path is empty");
+        return Err(Error::Io(empty));
+    }
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_stale_socket(path).await => {
+            std::fs::remove_file(path)?;
+            Ok(UnixListener::bind(path)?)
+        }
+        bound => Ok(bound?),
+    }
+}
+
+/// Whether `path` is a socket nobody listens on: left by a listener that died before
+/// it could remove it. A live one answers the probe (and sees a peer come and go).
+async fn is_stale_socket(path: &Path) -> bool {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
+    is_socket
+        && matches!(
+            UnixStream::connect(path).await,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+        )
+}
+
+/// The socket file a listener made, known by device and inode as well as path, so that
+/// a file someone else has put at the path since is not removed with the listener.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    fn remove(&self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
