@@ -148,6 +148,7 @@
 //! Linux only (kernel 5.3 or later for pidfds; older kernels fall back to `SIGCHLD`).
 
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

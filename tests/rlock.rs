@@ -72,7 +72,7 @@ async fn a_holder_killed_holding_an_rlock_poisons_it() {
     let pid = holder.pid();
     holder.kill().unwrap();
     assert!(holder.join().await.is_err());
-    let err = rlock.lock().await.err().expect("poisoned");
+    let err = rlock.lock().await.expect_err("poisoned");
     assert!(
         matches!(err, Error::OwnerDied { pid: p } if p == pid),
         "{err:?}"

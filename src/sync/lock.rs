@@ -101,6 +101,7 @@ impl std::fmt::Debug for Lock {
 /// # }
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
 pub struct LockGuard<'a> {
     lock: &'a Lock,
 }

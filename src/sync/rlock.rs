@@ -36,6 +36,7 @@ pub struct RLock {
 ///
 /// See [`RLock`] for an example.
 #[must_use = "the hold is given back as soon as the guard is dropped"]
+#[derive(Debug)]
 pub struct RLockGuard<'a> {
     rlock: &'a RLock,
     _same_thread: PhantomData<*const ()>,

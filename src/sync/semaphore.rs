@@ -95,6 +95,7 @@ impl std::fmt::Debug for Semaphore {
 /// # }
 /// ```
 #[must_use = "the permit is released as soon as it is dropped"]
+#[derive(Debug)]
 pub struct SemaphorePermit<'a> {
     sem: &'a Semaphore,
     /// The slot recording this guard, if it is tracked.
