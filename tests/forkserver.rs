@@ -156,17 +156,3 @@ async fn a_dead_fork_server_is_replaced() {
     assert!(!common::exists(servers[0]), "the dead server was reaped");
     leaks.finish().await;
 }
-
-#[tokio::test]
-async fn a_forked_child_bears_its_name_from_birth() {
-    let leaks = common::LeakCheck::start().await;
-    for n in 0..20 {
-        let name = format!("born-named-{n}");
-        let child = forked().name(&name).spawn(sleeps_forever, ()).unwrap();
-        // Read at once: the child may not have run a single instruction yet.
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.pid())).unwrap();
-        assert_eq!(comm.trim(), name, "the name is there as soon as the pid is");
-        drop(child);
-    }
-    leaks.finish_ignoring_forkserver().await;
-}

@@ -69,15 +69,13 @@ fn zygote(ZygoteStart { conn, preloads }: ZygoteStart) {
         else {
             return;
         };
-        // The child inherits the name at its birth, so nothing (`ps`, its spawner, a
-        // leak check) ever sees it under the zygote's.
-        sys::set_thread_name(&name);
-        let forked = sys::fork_sibling();
-        if !matches!(forked, Ok(Forked::Child)) {
-            sys::set_thread_name(NAME);
-        }
-        let reply = match forked {
+        let reply = match sys::fork_sibling() {
             Ok(Forked::Child) => {
+                // First of all, so that the child shows under the zygote's name for
+                // as short a time as possible. (Not taken by the zygote around the fork:
+                // for that moment the zygote would bear the child's name, and whoever
+                // signals processes by name could hit the server mid-fork.)
+                sys::set_thread_name(&name);
                 drop(conn.take());
                 child::forked_child(control, cwd);
             }
