@@ -368,6 +368,11 @@ impl Lock {
         ignore_poison: bool,
         deadline: Option<Instant>,
     ) -> Result<bool> {
+        // The uncontended case, without setting up a wait.
+        self.poison_check(ignore_poison)?;
+        if self.try_take() {
+            return Ok(true);
+        }
         let taken = self
             .inner
             .wake
