@@ -31,7 +31,7 @@ pub enum Error {
     /// the one the child prints by default
     /// ([`PanicOutput::Tidy`](crate::PanicOutput::Tidy)); the whole report, backtrace
     /// included, is [`panic_report`](Error::panic_report).
-    #[error("{}", crate::start::panic::one_line(.process, *.pid, .location.as_deref(), .message))]
+    #[error("{}", one_line(.process, *.pid, .location.as_deref(), .message))]
     #[non_exhaustive]
     Panicked {
         /// The panic payload, if it was a string.
@@ -300,7 +300,7 @@ impl Error {
                 process,
                 pid,
                 backtrace,
-            } => Some(crate::start::panic::full_report(
+            } => Some(full_report(
                 process,
                 *pid,
                 location.as_deref(),
@@ -443,6 +443,54 @@ fn clone_io(err: &io::Error) -> io::Error {
         Some(code) => io::Error::from_raw_os_error(code),
         None => io::Error::new(err.kind(), err.to_string()),
     }
+}
+
+// How a child's panic reads, here beside `Error::Panicked`; the child's panic hook
+// prints the same text.
+
+/// The one-line form: what `Tidy` prints and what `Error::Panicked` displays.
+pub(crate) fn one_line(
+    process: &str,
+    pid: u32,
+    location: Option<&str>,
+    message: &str,
+) -> String {
+    let mut line = format!("process '{process}' (pid {pid}) panicked");
+    if let Some(location) = location {
+        line.push_str(" at ");
+        line.push_str(location);
+    }
+    line.push_str(": ");
+    for c in message.chars() {
+        match c {
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            c => line.push(c),
+        }
+    }
+    line
+}
+
+/// The multi-line form: std's report, naming the process.
+pub(crate) fn full_report(
+    process: &str,
+    pid: u32,
+    location: Option<&str>,
+    message: &str,
+    backtrace: Option<&str>,
+) -> String {
+    let mut report = format!("process '{process}' (pid {pid}) panicked");
+    if let Some(location) = location {
+        report.push_str(" at ");
+        report.push_str(location);
+    }
+    report.push_str(":\n");
+    report.push_str(message);
+    report.push('\n');
+    if let Some(backtrace) = backtrace {
+        report.push_str(backtrace);
+    }
+    report
 }
 
 #[cfg(test)]

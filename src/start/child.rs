@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::entry::Trampoline;
 use super::identity;
+use super::name::set_own_name;
 use super::panic::{self, Panic, PanicOutput};
 use super::protocol::{CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
@@ -107,19 +108,6 @@ fn run_with_control(mut control: Control) -> i32 {
         return EXIT_FAILED;
     }
     start.entry.call(control)
-}
-
-// Set in a function child before its function runs; a fork-server child overwrites the
-// name it inherited from the server.
-static OWN_NAME: Mutex<Option<String>> = Mutex::new(None);
-
-fn set_own_name(name: &str) {
-    *OWN_NAME.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
-}
-
-/// The name this process was given as a function child, if it is one.
-pub(crate) fn own_name() -> Option<String> {
-    OWN_NAME.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Moves the control socket off descriptor 0 (where the parent put it) and gives the

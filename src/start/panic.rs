@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, full_report, one_line};
 
 /// What a child process prints on its standard error when it panics.
 ///
@@ -90,56 +90,11 @@ impl Panic {
         Panic {
             message: "panicked".into(),
             location: None,
-            process: super::child::own_name().unwrap_or_else(|| "MainProcess".into()),
+            process: super::name::own_name().unwrap_or_else(|| "MainProcess".into()),
             pid: std::process::id(),
             backtrace: None,
         }
     }
-}
-
-/// The one-line form: what `Tidy` prints and what `Error::Panicked` displays.
-pub(crate) fn one_line(
-    process: &str,
-    pid: u32,
-    location: Option<&str>,
-    message: &str,
-) -> String {
-    let mut line = format!("process '{process}' (pid {pid}) panicked");
-    if let Some(location) = location {
-        line.push_str(" at ");
-        line.push_str(location);
-    }
-    line.push_str(": ");
-    for c in message.chars() {
-        match c {
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            c => line.push(c),
-        }
-    }
-    line
-}
-
-/// The multi-line form: std's report, naming the process.
-pub(crate) fn full_report(
-    process: &str,
-    pid: u32,
-    location: Option<&str>,
-    message: &str,
-    backtrace: Option<&str>,
-) -> String {
-    let mut report = format!("process '{process}' (pid {pid}) panicked");
-    if let Some(location) = location {
-        report.push_str(" at ");
-        report.push_str(location);
-    }
-    report.push_str(":\n");
-    report.push_str(message);
-    report.push('\n');
-    if let Some(backtrace) = backtrace {
-        report.push_str(backtrace);
-    }
-    report
 }
 
 /// How much of a backtrace an environment variable asks for.
