@@ -35,6 +35,23 @@ pub(crate) trait Trampoline {
     fn run(function: Self::Function, input: Self::Input) -> Self::Output;
 }
 
+/// The trampoline for a plain `fn()`: a barrier's action, a fork-server preload.
+pub(crate) struct CallPlain;
+
+impl Trampoline for CallPlain {
+    type Function = fn();
+    type Input = ();
+    type Output = ();
+
+    fn address(function: fn()) -> usize {
+        function as usize
+    }
+
+    fn run(function: fn(), (): ()) {
+        function()
+    }
+}
+
 /// A function of this program together with the trampoline that calls it, as it crosses
 /// to another process of the same build: called there with an `I`, giving an `O`.
 pub(crate) struct Named<I, O> {

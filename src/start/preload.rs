@@ -2,30 +2,13 @@
 
 use std::sync::Mutex;
 
-use super::entry::{Named, Trampoline};
+use super::entry::{CallPlain, Named};
 
 /// The preloads registered so far, and how many times the list changed.
 static PRELOADS: Mutex<(Vec<Preload>, u64)> = Mutex::new((Vec::new(), 0));
 
 /// A preload function, named for the fork server.
 pub(crate) type Preload = Named<(), ()>;
-
-/// The trampoline that runs a preload.
-struct RunPreload;
-
-impl Trampoline for RunPreload {
-    type Function = fn();
-    type Input = ();
-    type Output = ();
-
-    fn address(function: fn()) -> usize {
-        function as usize
-    }
-
-    fn run(function: fn(), (): ()) {
-        function()
-    }
-}
 
 /// Registers `f` to run once in the fork server before it forks any child, as Python's
 /// `set_forkserver_preload`: whatever `f` builds (a large table in a static, a parsed
@@ -66,7 +49,7 @@ impl Trampoline for RunPreload {
 /// # }
 /// ```
 pub fn preload(f: fn()) -> crate::error::Result<()> {
-    let named = Named::new::<RunPreload>(f).map_err(|err| {
+    let named = Named::new::<CallPlain>(f).map_err(|err| {
         crate::error::Error::InvalidArgument(format!("a preload function: {err}"))
     })?;
     let mut preloads = PRELOADS.lock().unwrap_or_else(|p| p.into_inner());

@@ -30,7 +30,7 @@ use super::{
 use crate::ipc::PassFd;
 use crate::error::{Error, Result};
 use crate::shm::SharedMemory;
-use crate::start::entry::{Named, Trampoline};
+use crate::start::entry::{CallPlain, Named};
 
 const ROUND: usize = 0;
 const PARTIES: usize = 8;
@@ -104,23 +104,6 @@ struct Inner {
 /// address in the executable's code, like a child's own function.
 #[derive(Clone, Copy, Serialize, Deserialize)]
 struct Action(Named<(), ()>);
-
-/// The trampoline that runs an action.
-struct RunAction;
-
-impl Trampoline for RunAction {
-    type Function = fn();
-    type Input = ();
-    type Output = ();
-
-    fn address(function: fn()) -> usize {
-        function as usize
-    }
-
-    fn run(function: fn(), (): ()) {
-        function()
-    }
-}
 
 /// Where the current round stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +244,7 @@ impl Barrier {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn with_action(parties: u32, action: fn()) -> Result<Barrier> {
-        let Ok(action) = Named::new::<RunAction>(action) else {
+        let Ok(action) = Named::new::<CallPlain>(action) else {
             return Err(invalid(
                 "a barrier action must be a function of this executable",
             ));
