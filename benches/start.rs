@@ -8,6 +8,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Stats, raw_fork_times, stats};
 use multiprocess::{Process, StartMethod};
 
 fn trivial(x: u32) -> u32 {
@@ -31,35 +34,6 @@ fn build_table() {
 
 fn table_entry(i: usize) -> u64 {
     table()[i]
-}
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(mut times: Vec<Duration>) -> Stats {
-    times.sort();
-    Stats {
-        median: times[times.len() / 2],
-        p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
-    }
-}
-
-fn raw_fork_times(runs: usize) -> Vec<Duration> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        // SAFETY: the child only calls _exit, which is async-signal-safe.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: ends the forked child at once.
-            unsafe { libc::_exit(0) };
-        }
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        times.push(start.elapsed());
-    }
-    times
 }
 
 async fn spawn_join_times(method: StartMethod, runs: usize) -> Vec<Duration> {

@@ -13,6 +13,9 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+mod common;
+
+use common::{Stats, raw_fork_times, stats};
 use multiprocess::{Process, ProcessPool, StartMethod};
 
 fn trivial(x: u32) -> u32 {
@@ -24,19 +27,6 @@ fn fib(n: u32) -> u64 {
         n as u64
     } else {
         fib(n - 1) + fib(n - 2)
-    }
-}
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(mut times: Vec<Duration>) -> Stats {
-    times.sort();
-    Stats {
-        median: times[times.len() / 2],
-        p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
     }
 }
 
@@ -68,22 +58,6 @@ fn fork_server_and_floor(rt: &tokio::runtime::Runtime, rounds: usize) -> (Stats,
         floor.extend(raw_fork_times(10));
     }
     (stats(server), stats(floor))
-}
-
-fn raw_fork_times(runs: usize) -> Vec<Duration> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        // SAFETY: the child only calls _exit, which is async-signal-safe.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: ends the forked child at once.
-            unsafe { libc::_exit(0) };
-        }
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-        times.push(start.elapsed());
-    }
-    times
 }
 
 async fn tokio_true(runs: usize) -> Stats {
