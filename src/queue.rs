@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::ipc::wire;
-use crate::sync::{Patience, deadline_after, drive, drive_blocking, waited_forever};
+use crate::sync::{Patience, deadline_after, drive, drive_blocking, waited_forever, within};
 use frame::RawFrame;
 use layout::Shared;
 use ops::{Get, Put};
@@ -313,9 +313,8 @@ impl<T: Serialize> Queue<T> {
     /// ```
     pub async fn put_timeout(&self, message: T, timeout: Duration) -> Result<()> {
         let encoded = self.encode(&message)?;
-        self.put_encoded(encoded, Patience::Until(deadline_after(timeout)))
-            .await?
-            .ok_or(Error::Timeout { after: timeout })
+        let put = self.put_encoded(encoded, Patience::Until(deadline_after(timeout)));
+        within(put.await?, timeout)
     }
 
     /// Puts a message, blocking the calling thread while the queue is full.
@@ -341,8 +340,8 @@ impl<T: Serialize> Queue<T> {
     /// ```
     pub fn put_blocking_timeout(&self, message: T, timeout: Duration) -> Result<()> {
         let encoded = self.encode(&message)?;
-        self.put_encoded_blocking(encoded, Patience::Until(deadline_after(timeout)))?
-            .ok_or(Error::Timeout { after: timeout })
+        let put = self.put_encoded_blocking(encoded, Patience::Until(deadline_after(timeout)));
+        within(put?, timeout)
     }
 }
 
@@ -399,10 +398,8 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # }
     /// ```
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        let frame = self
-            .get_raw(Patience::Until(deadline_after(timeout)))
-            .await?
-            .ok_or(Error::Timeout { after: timeout })?;
+        let got = self.get_raw(Patience::Until(deadline_after(timeout))).await;
+        let frame = within(got?, timeout)?;
         self.finish(frame)
     }
 
@@ -434,9 +431,8 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T> {
-        let frame = self
-            .get_raw_blocking(Patience::Until(deadline_after(timeout)))?
-            .ok_or(Error::Timeout { after: timeout })?;
+        let got = self.get_raw_blocking(Patience::Until(deadline_after(timeout)));
+        let frame = within(got?, timeout)?;
         self.finish(frame)
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crate::error::{Error, Result};
 use crate::ipc::SocketFd;
@@ -36,7 +36,53 @@ pub(super) struct RawFrame {
 
 /// Messages whose `get` was cancelled after their frame had begun, read to their end
 /// and kept, in order, for the next `get` in this process.
-pub(super) type Pending = Mutex<VecDeque<RawFrame>>;
+///
+/// Every `get` looks here first, and almost always finds nothing: a count read without
+/// the lock spares it. The count is raised under the lock before the reader that kept
+/// the message releases the queue's read lock, so a `get` that then takes the read
+/// lock sees it.
+#[derive(Default)]
+pub(super) struct Pending {
+    count: AtomicUsize,
+    frames: Mutex<VecDeque<RawFrame>>,
+}
+
+impl Pending {
+    fn frames(&self) -> std::sync::MutexGuard<'_, VecDeque<RawFrame>> {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a message for the next `get`.
+    pub(super) fn push(&self, frame: RawFrame) {
+        let mut frames = self.frames();
+        frames.push_back(frame);
+        self.count.store(frames.len(), SeqCst);
+    }
+
+    /// The oldest message kept, if any.
+    #[inline]
+    pub(super) fn pop(&self) -> Option<RawFrame> {
+        match self.count.load(SeqCst) {
+            0 => None,
+            _ => self.pop_locked(),
+        }
+    }
+
+    #[cold]
+    fn pop_locked(&self) -> Option<RawFrame> {
+        let mut frames = self.frames();
+        let frame = frames.pop_front();
+        self.count.store(frames.len(), SeqCst);
+        frame
+    }
+
+    /// Drops every message kept.
+    pub(super) fn clear(&self) {
+        let mut frames = self.frames();
+        frames.clear();
+        self.count.store(0, SeqCst);
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Part {

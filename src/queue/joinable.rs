@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Queue;
 use crate::error::{Error, Result};
-use crate::sync::{Patience, Step, deadline_after, waited_forever};
+use crate::sync::{Patience, Step, deadline_after, waited_forever, within};
 use std::sync::atomic::Ordering::SeqCst;
 
 /// A [`Queue`] that also counts unfinished messages, like Python's `JoinableQueue`:
@@ -178,9 +178,8 @@ impl<T> JoinableQueue<T> {
     pub async fn join_timeout(&self, timeout: Duration) -> Result<()> {
         let done = self.done()?;
         let patience = Patience::Until(deadline_after(timeout));
-        done.drive(None, patience, || self.join_step())
-            .await?
-            .ok_or(Error::Timeout { after: timeout })
+        let joined = done.drive(None, patience, || self.join_step()).await;
+        within(joined?, timeout)
     }
 
     /// [`join_blocking`](Self::join_blocking) with a time limit: [`Error::Timeout`] if
@@ -200,8 +199,8 @@ impl<T> JoinableQueue<T> {
     pub fn join_blocking_timeout(&self, timeout: Duration) -> Result<()> {
         let done = self.done()?;
         let patience = Patience::Until(deadline_after(timeout));
-        done.drive_blocking(None, patience, || self.join_step())?
-            .ok_or(Error::Timeout { after: timeout })
+        let joined = done.drive_blocking(None, patience, || self.join_step());
+        within(joined?, timeout)
     }
 
     /// What `join` waits on; a plain queue received as a joinable one has none.

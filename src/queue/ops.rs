@@ -82,38 +82,45 @@ impl<'q> Put<'q> {
         })
     }
 
+    /// One attempt; a stage that is done moves on to the next within the attempt,
+    /// so an uncontended `put` is one attempt.
     pub(super) fn attempt(&mut self) -> Result<Attempt<'q, ()>> {
         let inner: &'q Inner = self.inner;
         let enlist = !self.nowait;
-        let step = match self.stage {
-            PutStage::Reserve => {
-                inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || inner.try_reserve())?
+        loop {
+            let step = match self.stage {
+                PutStage::Reserve => inner.bell_attempt(
+                    Bell::Space,
+                    &mut self.counted,
+                    enlist,
+                    || inner.try_reserve(),
+                )?,
+                PutStage::Lock => inner.write_lock.attempt(&mut self.counted, enlist, true)?,
+                PutStage::Room => {
+                    let need = Inner::entry_len(&self.payload, self.inline);
+                    inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || {
+                        Ok(inner.ring_has_room(need))
+                    })?
+                }
+                PutStage::Flush => return self.flush(),
+                PutStage::Done => return Ok(Attempt::Ready(())),
+            };
+            if !matches!(step, Attempt::Ready(())) {
+                return Ok(step);
             }
-            PutStage::Lock => inner.write_lock.attempt(&mut self.counted, enlist, true)?,
-            PutStage::Room => {
-                let need = Inner::entry_len(&self.payload, self.inline);
-                inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || {
-                    Ok(inner.ring_has_room(need))
-                })?
+            self.counted = None;
+            match self.stage {
+                PutStage::Reserve => {
+                    inner.counted_put();
+                    self.stage = PutStage::Lock;
+                }
+                PutStage::Room => self.stage = PutStage::Lock,
+                _ => match self.locked()? {
+                    // No room in the ring yet: wait for it (in the next turn).
+                    Attempt::Again => {}
+                    done_or_wait => return Ok(done_or_wait),
+                },
             }
-            PutStage::Flush => return self.flush(),
-            PutStage::Done => return Ok(Attempt::Ready(())),
-        };
-        if !matches!(step, Attempt::Ready(())) {
-            return Ok(step);
-        }
-        self.counted = None;
-        match self.stage {
-            PutStage::Reserve => {
-                inner.counted_put();
-                self.stage = PutStage::Lock;
-                Ok(Attempt::Again)
-            }
-            PutStage::Room => {
-                self.stage = PutStage::Lock;
-                Ok(Attempt::Again)
-            }
-            _ => self.locked(),
         }
     }
 
@@ -270,7 +277,19 @@ impl<'q> Get<'q> {
         }
     }
 
+    /// One attempt; a stage that is done moves on to the next within the attempt,
+    /// so an uncontended `get` is one attempt.
     pub(super) fn attempt(&mut self) -> Result<Attempt<'q, RawFrame>> {
+        loop {
+            match self.stage_attempt()? {
+                Attempt::Again => {}
+                done_or_wait => return Ok(done_or_wait),
+            }
+        }
+    }
+
+    /// One attempt at the current stage: `Again` once it moved on to another.
+    fn stage_attempt(&mut self) -> Result<Attempt<'q, RawFrame>> {
         let inner: &'q Inner = self.inner;
         let enlist = !self.nowait;
         match self.stage {
@@ -337,8 +356,10 @@ impl<'q> Get<'q> {
         if let Some(frame) = inner.take_pending() {
             return Ok(Attempt::Ready(frame));
         }
-        let socket_head = inner.head_kind().is_some_and(|kind| kind != INLINE);
-        if self.nowait && socket_head && !inner.frame_arrived()? {
+        // Only a call that never waits needs to know before it takes the entry.
+        let socket_head =
+            self.nowait && inner.head_kind().is_some_and(|kind| kind != INLINE);
+        if socket_head && !inner.frame_arrived()? {
             // Reading it now would mean waiting for its bytes.
             self.stage = GetStage::Start;
             return Ok(Attempt::Wait(inner.data_wait()));
@@ -437,11 +458,7 @@ impl ReadRest {
                 tracing::debug!(
                     "queue get cancelled in the middle of a message; kept for the next get"
                 );
-                self.inner
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back(frame);
+                self.inner.pending.push(frame);
             }
             Ok(_) => {}
             Err(Error::OwnerDied { pid }) => drop(self.inner.break_stream(pid)),

@@ -14,7 +14,7 @@ use super::layout::{
 };
 use crate::error::{Error, Result};
 use crate::ipc::{PassFd, SocketFd};
-use crate::shm::SharedMemory;
+use crate::shm::{SharedMemory, Words};
 use crate::sync::{Attempt, Counted, Lock, Notifier, RoomWatch, Wait, token};
 
 /// A ring entry: the payload's length, then where the payload is.
@@ -26,6 +26,8 @@ const ON_SOCKET: u32 = 1;
 pub(super) struct Inner {
     /// [`Shared`], then the ring.
     state: SharedMemory,
+    /// The [`Shared`] words, checked once.
+    words: Words,
     pub(super) writer: Arc<SocketFd>,
     pub(super) reader: Arc<SocketFd>,
     /// Room on `writer`, for producers of socket frames.
@@ -101,15 +103,16 @@ impl Inner {
             space: data.sharing(&state, SPACE_WAKE),
             done: join.then(|| data.sharing(&state, DONE_WAKE)),
             data,
+            words: Words::new(&state, 0, RING),
             state,
             pending: Pending::default(),
         })
     }
 
     pub(super) fn shared(&self) -> &Shared {
-        let words = self.state.ptr_at(0, RING).cast::<Shared>();
+        let words = self.words.start().cast::<Shared>();
         // SAFETY: the mapping is page-aligned and holds at least `RING` bytes (checked
-        // by `ptr_at`), it lives as long as `self.state`, and `Shared` is atomics only:
+        // by `Words::new`), it lives as long as `self.words`, and `Shared` is atomics only:
         // any bytes (zeroes at first) are valid, and other processes change them only
         // through atomic operations.
         unsafe { &*words }
@@ -159,10 +162,7 @@ impl Inner {
         self.data.notify();
         self.space.notify();
         self.notify_done();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.pending.clear();
         true
     }
 
@@ -327,10 +327,7 @@ impl Inner {
 
     /// A message of this process whose `get` was cancelled mid-frame: it comes first.
     pub(super) fn take_pending(&self) -> Option<RawFrame> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        self.pending.pop()
     }
 
     // ---- places ----

@@ -233,6 +233,64 @@ impl SharedMemory {
     }
 }
 
+/// A fixed range of a region, checked once, whose atomics are then reached with no more
+/// than a comparison against the range's length: a primitive reaches its words several
+/// times in every operation, and a full check of the region each time costs more than
+/// the atomic operation itself.
+#[derive(Clone)]
+pub(crate) struct Words {
+    mem: SharedMemory,
+    base: usize,
+    len: usize,
+}
+
+impl Words {
+    /// The `len` bytes of `mem` from `base`. Panics if out of range.
+    pub(crate) fn new(mem: &SharedMemory, base: usize, len: usize) -> Words {
+        mem.check(base, len);
+        Words {
+            mem: mem.clone(),
+            base,
+            len,
+        }
+    }
+
+    /// The region the words are in.
+    pub(crate) fn memory(&self) -> &SharedMemory {
+        &self.mem
+    }
+
+    /// Where the words start in their region.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The first byte of the words, valid for their length.
+    pub(crate) fn start(&self) -> *mut u8 {
+        // SAFETY: `base` is in range of the mapping (checked by `new`).
+        unsafe { self.mem.map.ptr.as_ptr().add(self.base) }
+    }
+
+    /// The atomic at `offset` in the words. Panics if out of range or misaligned.
+    #[inline]
+    pub(crate) fn atomic<A>(&self, offset: usize) -> &A {
+        let size = std::mem::size_of::<A>();
+        assert!(
+            offset <= self.len && size <= self.len - offset,
+            "atomic at {offset} outside words of {} bytes",
+            self.len
+        );
+        // The mapping is page-aligned: the address is aligned if its offset is.
+        assert!(
+            (self.base + offset) % std::mem::align_of::<A>() == 0,
+            "misaligned atomic"
+        );
+        // SAFETY: in range and aligned (checked); atomics may be shared and mutated
+        // through `&`, including by other processes; the mapping lives as long as `self`.
+        unsafe { &*self.start().add(offset).cast::<A>() }
+    }
+}
+
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let fd = self.map.fd.try_clone().map_err(serde::ser::Error::custom)?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{Attempt, Counted, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, watch_owner};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
-use crate::shm::SharedMemory;
+use crate::shm::{SharedMemory, Words};
 
 /// Layout of the lock's page.
 const OWNER: usize = 0;
@@ -71,9 +71,8 @@ pub struct Lock {
 }
 
 struct Inner {
-    page: SharedMemory,
-    /// Where the lock's words start in `page`.
-    base: usize,
+    /// The lock's words in its page.
+    words: Words,
     wake: Notifier,
 }
 
@@ -131,8 +130,7 @@ impl Lock {
         let wake = Notifier::in_page(&page, WAKE)?;
         Ok(Lock {
             inner: Arc::new(Inner {
-                page,
-                base: 0,
+                words: Words::new(&page, 0, PAGE),
                 wake,
             }),
         })
@@ -145,8 +143,7 @@ impl Lock {
         debug_assert!(base % 8 == 0 && base + PAGE <= page.len());
         Lock {
             inner: Arc::new(Inner {
-                page: page.clone(),
-                base,
+                words: Words::new(page, base, PAGE),
                 wake: wakes.sharing(page, base + WAKE),
             }),
         }
@@ -177,7 +174,7 @@ impl Lock {
     /// A word of the lock, by its offset in the lock's layout (also for
     /// [`RLock`](super::RLock)).
     pub(super) fn word<A>(&self, offset: usize) -> &A {
-        self.inner.page.atomic(self.inner.base + offset)
+        self.inner.words.atomic(offset)
     }
 
     /// Whether this process holds the lock.
@@ -307,6 +304,14 @@ impl Lock {
         enlist: bool,
         ignore_poison: bool,
     ) -> Result<Attempt<'a, ()>> {
+        // A free lock is taken with its compare-and-swap alone, before any of the
+        // bookkeeping a wait needs.
+        if counted.is_none() {
+            self.poison_check(ignore_poison)?;
+            if self.try_take() {
+                return Ok(Attempt::Ready(()));
+            }
+        }
         let waiters = enlist.then(|| self.waiters());
         self.inner
             .wake
@@ -427,7 +432,8 @@ impl Lock {
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let wake = self.inner.wake.wake_fd_for_message()?;
-        (&self.inner.page, wake, self.inner.base as u32).serialize(serializer)
+        let words = &self.inner.words;
+        (words.memory(), wake, words.base() as u32).serialize(serializer)
     }
 }
 
@@ -440,7 +446,10 @@ impl<'de> Deserialize<'de> for Lock {
         }
         let wake = Notifier::from_message(wake, &page, base + PAGE, base + WAKE, "lock")?;
         Ok(Lock {
-            inner: Arc::new(Inner { page, base, wake }),
+            inner: Arc::new(Inner {
+                words: Words::new(&page, base, PAGE),
+                wake,
+            }),
         })
     }
 }

@@ -28,5 +28,5 @@ pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 pub(crate) use wait::{Attempt, Patience, RoomWatch, Wait, drive, drive_blocking};
 pub(crate) use notifier::{
     Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, is_alive, passed, token,
-    waited_forever, watch_owner,
+    waited_forever, watch_owner, within,
 };

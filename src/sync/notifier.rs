@@ -16,7 +16,7 @@ use super::wait::{self, Attempt, Patience, Wait};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::sys::reactor::ReadableFd;
-use crate::shm::SharedMemory;
+use crate::shm::{SharedMemory, Words};
 use crate::sys;
 
 /// Wake-ups for one primitive, in every process that holds it.
@@ -35,8 +35,8 @@ use crate::sys;
 pub(crate) struct Notifier {
     /// Shared by the notifiers of one owner ([`sharing`](Notifier::sharing)).
     fd: Arc<ReadableFd>,
-    seq: SharedMemory,
-    base: usize,
+    /// The [`NOTIFIER_BYTES`] of the owner's page.
+    words: Words,
 }
 
 /// Layout of the notifier's words, from `base`: the sequence number and how many
@@ -98,8 +98,7 @@ impl Notifier {
     pub(crate) fn sharing(&self, page: &SharedMemory, base: usize) -> Notifier {
         Notifier {
             fd: self.fd.clone(),
-            seq: page.clone(),
-            base,
+            words: Words::new(page, base, NOTIFIER_BYTES),
         }
     }
 
@@ -130,26 +129,25 @@ impl Notifier {
         base: usize,
         what: &str,
     ) -> std::result::Result<Notifier, E> {
-        if page.len() < min_len {
+        if page.len() < min_len.max(base + NOTIFIER_BYTES) {
             return Err(E::custom(format_args!("{what} page too small")));
         }
         Ok(Self::from_wake_fd(fd, page, base))
     }
 
-    fn from_parts(fd: OwnedFd, seq: SharedMemory, base: usize) -> Notifier {
+    fn from_parts(fd: OwnedFd, page: SharedMemory, base: usize) -> Notifier {
         Notifier {
             fd: Arc::new(ReadableFd::new(fd)),
-            seq,
-            base,
+            words: Words::new(&page, base, NOTIFIER_BYTES),
         }
     }
 
     fn seq(&self) -> &AtomicU32 {
-        self.seq.atomic(self.base + SEQ)
+        self.words.atomic(SEQ)
     }
 
     fn count(&self, which: usize) -> &AtomicU32 {
-        self.seq.atomic(self.base + which)
+        self.words.atomic(which)
     }
 
     /// The current sequence number, to pass to `wait` after checking the condition.
@@ -333,9 +331,17 @@ pub(crate) fn passed(deadline: Option<Instant>) -> bool {
 
 /// The outcome of a wait without deadline, which cannot have timed out.
 pub(crate) fn waited_forever<T>(outcome: Option<T>) -> Result<T> {
-    outcome.ok_or(Error::Timeout {
-        after: Duration::MAX,
-    })
+    within(outcome, Duration::MAX)
+}
+
+/// The outcome of a wait of at most `timeout`: `Error::Timeout` if it ran out.
+pub(crate) fn within<T>(outcome: Option<T>, timeout: Duration) -> Result<T> {
+    // Not `ok_or`: an `Error` built and dropped on every operation that did not time
+    // out costs more than the operation's atomics.
+    match outcome {
+        Some(done) => Ok(done),
+        None => Err(Error::Timeout { after: timeout }),
+    }
 }
 
 /// The deadline `timeout` from now; `None` (no deadline) if that is beyond any clock.
