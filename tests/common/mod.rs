@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// Open descriptors of this test process, counted so that other tests' runtimes do not
 /// disturb the count: tokio's epoll and eventfd descriptors are left out, and sockets
 /// count once per socket (each runtime with signal handling holds a duplicate of one
@@ -59,7 +61,8 @@ pub fn children() -> Vec<(u32, char)> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if ppid == me {
+        // Fixture daemons (sshd, Slurm) live as long as their fixture, by design.
+        if ppid == me && !cluster::is_fixture_daemon(pid) {
             found.push((pid, state));
         }
     }
