@@ -57,6 +57,26 @@ fn ssh_refuses_a_key_it_was_not_given() {
 }
 
 #[test]
+fn ssh_takes_many_connections_at_once() {
+    let sshd = Sshd::start();
+    let sessions: Vec<_> = (0..20)
+        .map(|i| {
+            let mut ssh = sshd.ssh();
+            ssh.arg(format!("echo {i}"));
+            std::thread::spawn(move || run(&mut ssh))
+        })
+        .collect();
+    for (i, session) in sessions.into_iter().enumerate() {
+        let (out, err, code) = session.join().unwrap();
+        assert_eq!(
+            (out.trim(), code),
+            (i.to_string().as_str(), Some(0)),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn scp_copies_a_file_to_the_host() {
     let sshd = Sshd::start();
     let source = sshd.dir().join("source");
@@ -89,6 +109,31 @@ fn srun_runs_a_command_as_a_job_step() {
     assert_eq!(lines[1], "slurmstepd", "{out}");
     assert!(err.contains("err"), "{err}");
     assert_eq!(code, Some(3), "{err}");
+}
+
+#[test]
+fn slurm_runs_steps_side_by_side() {
+    let slurm = Slurm::start();
+    let meeting = slurm.dir().join("meeting");
+    std::fs::create_dir(&meeting).unwrap();
+    // Each step checks in, then waits (bounded) for all the others: steps that queued
+    // behind one another instead would never all meet.
+    let script = format!(
+        "touch {m}/$SLURM_JOB_ID; for _ in $(seq 600); do \
+         [ $(ls {m} | wc -l) -ge 4 ] && exit 0; sleep 0.1; done; exit 1",
+        m = meeting.display()
+    );
+    let steps: Vec<_> = (0..4)
+        .map(|_| {
+            let mut srun = slurm.srun();
+            srun.args(["-N1", "sh", "-c", &script]);
+            std::thread::spawn(move || run(&mut srun))
+        })
+        .collect();
+    for step in steps {
+        let (_, err, code) = step.join().unwrap();
+        assert_eq!(code, Some(0), "{err}");
+    }
 }
 
 #[test]

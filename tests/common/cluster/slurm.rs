@@ -168,7 +168,12 @@ impl Slurm {
 
     /// An `srun` command for this cluster; add its arguments.
     pub fn srun(&self) -> Command {
-        let mut command = Command::new("srun");
+        self.client("srun")
+    }
+
+    /// Any Slurm client (`salloc`, `sbatch`, `squeue`, `scancel`...) for this cluster.
+    pub fn client(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
         command.envs(self.env());
         command
     }

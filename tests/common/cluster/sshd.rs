@@ -174,31 +174,37 @@ impl Sshd {
         &self.known_hosts
     }
 
-    /// `-o` options for `ssh` and `scp` alike: this identity only, this known_hosts
-    /// only and checked strictly, no prompts, no user or system configuration.
-    pub fn options(&self) -> Vec<String> {
-        [
-            "-F".to_string(),
-            "/dev/null".to_string(),
-            "-o".to_string(),
-            format!("IdentityFile={}", self.identity.display()),
-            "-o".to_string(),
-            format!("UserKnownHostsFile={}", self.known_hosts.display()),
-        ]
-        .into_iter()
-        .chain(
-            [
-                "IdentitiesOnly=yes",
-                "GlobalKnownHostsFile=/dev/null",
-                "StrictHostKeyChecking=yes",
-                "BatchMode=yes",
-                "ConnectTimeout=10",
-                "LogLevel=ERROR",
-            ]
+    /// The `-o KEY=VALUE` settings a client needs, as pairs (for a launcher that takes
+    /// options one by one): this identity only, this known_hosts only and checked
+    /// strictly, no prompts, a bounded connect.
+    pub fn option_pairs(&self) -> Vec<(String, String)> {
+        let dynamic = [
+            ("IdentityFile", self.identity.display().to_string()),
+            ("UserKnownHostsFile", self.known_hosts.display().to_string()),
+        ];
+        let fixed = [
+            ("IdentitiesOnly", "yes"),
+            ("GlobalKnownHostsFile", "/dev/null"),
+            ("StrictHostKeyChecking", "yes"),
+            ("BatchMode", "yes"),
+            ("ConnectTimeout", "10"),
+            ("LogLevel", "ERROR"),
+        ];
+        dynamic
             .into_iter()
-            .flat_map(|o| ["-o".to_string(), o.to_string()]),
-        )
-        .collect()
+            .chain(fixed.map(|(k, v)| (k, v.to_string())))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    /// Arguments for `ssh` and `scp` alike: [`option_pairs`](Self::option_pairs) as
+    /// `-o` options, and no user or system configuration file (`-F /dev/null`).
+    pub fn options(&self) -> Vec<String> {
+        let mut args = vec!["-F".to_string(), "/dev/null".to_string()];
+        for (key, value) in self.option_pairs() {
+            args.extend(["-o".to_string(), format!("{key}={value}")]);
+        }
+        args
     }
 
     /// Every argument of `ssh` before the remote command: options, port, destination.
