@@ -136,6 +136,9 @@ impl Slurm {
 
     /// Waits until a job step runs: the controller is up and the node registered.
     fn wait_srun(&mut self, deadline: Instant) -> Result<(), String> {
+        // A job submitted before the node registers waits for the scheduler's next
+        // pass (seconds): submit only once the node shows idle.
+        self.wait_node_idle(deadline)?;
         loop {
             self.daemons.check_alive()?;
             let mut probe = self.srun();
@@ -153,6 +156,26 @@ impl Slurm {
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_node_idle(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            self.daemons.check_alive()?;
+            let mut probe = self.client("sinfo");
+            probe.args(["--noheader", "--Node", "--format=%T"]);
+            let state = output_within(&mut probe, Duration::from_secs(20))?;
+            let state = String::from_utf8_lossy(&state.stdout);
+            if state.trim() == "idle" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the node is {state:?}, not idle; {}",
+                    self.daemons.logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
