@@ -662,3 +662,90 @@ async fn a_producer_killed_mid_message_ends_a_blocking_get() {
     drop(queue);
     leaks.finish().await;
 }
+
+/// A large `get` cancelled mid-frame on a current-thread runtime leaves the rest of
+/// the frame to a task of that runtime; a `get_blocking` on the runtime's own thread
+/// cannot wait for that task (it cannot run while the thread blocks): it finishes the
+/// frame itself and returns the message.
+#[tokio::test]
+async fn a_blocking_get_on_the_runtime_thread_finishes_a_cancelled_large_get() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut producer = spawn_process(put_huge, queue.clone()).unwrap();
+    let pid = producer.pid();
+    common::eventually("producer blocked mid-message", || {
+        queue.len() == 1 && state_of(pid) == 'S'
+    })
+    .await;
+    // Stopped, the producer owes the rest of its frame and stays alive: a get reads
+    // what has arrived, then waits.
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    common::eventually("producer stopped", || state_of(pid) == 'T').await;
+    let q = queue.clone();
+    let got = returns_within(Duration::from_secs(60), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            {
+                let mut get = std::pin::pin!(q.get());
+                assert!(futures::poll!(get.as_mut()).is_pending());
+            }
+            kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+            q.get_blocking().map(|message| message.len())
+        })
+    });
+    let got = got.expect("get_blocking on the runtime's thread returned");
+    assert_eq!(got.unwrap(), 8 << 20);
+    producer.join().await.unwrap();
+    // The queue is whole: the next message comes through.
+    queue.put(vec![1, 2, 3]).await.unwrap();
+    assert_eq!(queue.get().await.unwrap(), [1, 2, 3]);
+    drop(queue);
+    leaks.finish().await;
+}
+
+/// The task reading the rest of a cancelled large `get` ends once a later `get` has
+/// taken the read over: it keeps no handle (and no descriptor) of the queue.
+#[tokio::test]
+async fn a_get_that_takes_over_a_cancelled_read_ends_its_task() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let mut producer = spawn_process(put_huge, queue.clone()).unwrap();
+    let pid = producer.pid();
+    common::eventually("producer blocked mid-message", || {
+        queue.len() == 1 && state_of(pid) == 'S'
+    })
+    .await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    common::eventually("producer stopped", || state_of(pid) == 'T').await;
+    {
+        let mut get = std::pin::pin!(queue.get());
+        assert!(futures::poll!(get.as_mut()).is_pending());
+    }
+    // The task reading the rest runs, finds nothing more to read, and waits.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let q = queue.clone();
+    let getter = tokio::spawn(async move { q.get().await.map(|message| message.len()) });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    kill(Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), getter)
+        .await
+        .expect("the get returned")
+        .unwrap();
+    assert_eq!(got.unwrap(), 8 << 20);
+    producer.join().await.unwrap();
+    drop(queue);
+    leaks.finish().await;
+}

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crate::error::{Error, Result};
 use crate::ipc::SocketFd;
@@ -81,6 +81,72 @@ impl Pending {
         let mut frames = self.frames();
         frames.clear();
         self.count.store(0, SeqCst);
+    }
+}
+
+/// The read of a frame whose `get` was cancelled after the frame had begun, until it is
+/// finished: by a task of the runtime the `get` ran in, or by the next waiting `get` of
+/// this process, whichever comes first. A blocking `get` on the thread of a
+/// current-thread runtime could not wait for that runtime's task (the task cannot run
+/// while the thread blocks), so it takes the read over. There is at most one: the read
+/// holds the queue's read lock.
+#[derive(Default)]
+pub(super) struct UnfinishedRead {
+    /// Whether `read` holds one, read without the lock by every `get`.
+    present: AtomicBool,
+    read: Mutex<Option<FrameRead>>,
+}
+
+impl UnfinishedRead {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<FrameRead>> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves a read to be finished.
+    pub(super) fn leave(&self, read: FrameRead) {
+        let mut slot = self.slot();
+        *slot = Some(read);
+        self.present.store(true, SeqCst);
+    }
+
+    /// Takes the read over, if there is one.
+    #[inline]
+    pub(super) fn adopt(&self) -> Option<FrameRead> {
+        match self.present.load(SeqCst) {
+            false => None,
+            true => self.adopt_locked(),
+        }
+    }
+
+    #[cold]
+    fn adopt_locked(&self) -> Option<FrameRead> {
+        let mut slot = self.slot();
+        self.present.store(false, SeqCst);
+        slot.take()
+    }
+
+    /// One attempt of a task at the read: `Ready(None)` once there is none left to
+    /// finish (a `get` took it over), else `Ready(Some(outcome))` once it is finished.
+    /// A task waiting for the socket when a `get` takes the read over is woken by the
+    /// bytes that `get` waits for, and then ends.
+    pub(super) fn attempt<'q>(
+        &self,
+        reader: &'q SocketFd,
+        writer: &AtomicU64,
+    ) -> Result<Attempt<'q, Option<Result<RawFrame>>>> {
+        let mut slot = self.slot();
+        let Some(read) = slot.as_mut() else {
+            return Ok(Attempt::Ready(None));
+        };
+        let outcome = match read.attempt(reader, writer) {
+            Ok(Attempt::Again) => return Ok(Attempt::Again),
+            Ok(Attempt::Wait(wait)) => return Ok(Attempt::Wait(wait)),
+            Ok(Attempt::Ready(frame)) => Ok(frame),
+            Err(err) => Err(err),
+        };
+        *slot = None;
+        self.present.store(false, SeqCst);
+        Ok(Attempt::Ready(Some(outcome)))
     }
 }
 

@@ -15,7 +15,9 @@ use super::frame::{DELIVERED, FrameRead, RawFrame, WITHDRAWN};
 use super::ring::{Bell, INLINE, Inner, Placed, Taken};
 use crate::error::{Error, Result};
 use crate::ipc::WriteHalf;
-use crate::sync::{Attempt, Counted, Lock, Patience, RoomWatch, Wait, drive, drive_blocking};
+use crate::sync::{
+    Attempt, Counted, Lock, Patience, RoomWatch, Wait, drive, drive_blocking, waited_forever,
+};
 
 /// Releases a lock when dropped, unless forgotten.
 struct UnlockOnDrop<'a>(&'a Lock);
@@ -299,6 +301,14 @@ impl<'q> Get<'q> {
                 if let Some(frame) = inner.take_pending() {
                     return Ok(Attempt::Ready(frame));
                 }
+                // A cancelled get's frame, still being read: this get finishes it
+                // rather than wait for the task reading it, which may be unable to run
+                // while this thread waits. (A call that never waits leaves it.)
+                if let Some(read) = (!self.nowait).then(|| inner.unfinished_read.adopt()).flatten() {
+                    self.read = Some(read);
+                    self.stage = GetStage::Frame;
+                    return Ok(Attempt::Again);
+                }
                 self.stage = GetStage::Lock;
                 Ok(Attempt::Again)
             }
@@ -415,25 +425,22 @@ fn not_ready<'q, U>(attempt: Attempt<'q, ()>) -> Option<Attempt<'q, U>> {
 impl Drop for Get<'_> {
     fn drop(&mut self) {
         if let Some(read) = self.read.take() {
-            ReadRest::start(self.inner.clone(), read);
+            ReadRest::start(self.inner, read);
         }
     }
 }
 
-/// The rest of a frame whose `get` was dropped after the frame had begun: the entry is
+/// Finishes the frame of a `get` dropped after the frame had begun: the entry is
 /// taken, so the frame is this process's to read, to its end (the stream must stay
-/// whole for the other consumers); the message is kept for the next `get` here.
-struct ReadRest {
-    inner: Arc<Inner>,
-    read: Option<FrameRead>,
-}
+/// whole for the other consumers); the message is kept for the next `get` here. A task
+/// of the runtime reads it, unless the next waiting `get` of this process takes the
+/// read over first (see [`UnfinishedRead`](super::frame::UnfinishedRead)).
+struct ReadRest(Arc<Inner>);
 
 impl ReadRest {
-    fn start(inner: Arc<Inner>, read: FrameRead) {
-        let rest = ReadRest {
-            inner,
-            read: Some(read),
-        };
+    fn start(inner: &Arc<Inner>, read: FrameRead) {
+        inner.unfinished_read.leave(read);
+        let rest = ReadRest(inner.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(rest.run())),
             // Outside a runtime: the drop finishes it here.
@@ -441,44 +448,49 @@ impl ReadRest {
         }
     }
 
-    async fn run(mut self) {
-        let inner = &self.inner;
-        let read = self.read.as_mut().expect("not finished");
-        let frame = drive(Patience::FOREVER, || {
-            read.attempt(&inner.reader, &inner.shared().tail.0.writer)
-        })
-        .await;
-        self.keep(frame);
-    }
-
-    fn keep(&mut self, frame: Result<Option<RawFrame>>) {
-        self.read = None;
-        match frame {
-            Ok(Some(frame)) if !frame.withdrawn => {
-                tracing::debug!(
-                    "queue get cancelled in the middle of a message; kept for the next get"
-                );
-                self.inner.pending.push(frame);
-            }
+    async fn run(self) {
+        let inner = &self.0;
+        let writer = &inner.shared().tail.0.writer;
+        let attempt = || inner.unfinished_read.attempt(&inner.reader, writer);
+        match drive(Patience::FOREVER, attempt).await {
+            Ok(Some(Some(frame))) => keep(inner, frame),
+            // Taken over by a `get`.
             Ok(_) => {}
-            Err(Error::OwnerDied { pid }) => drop(self.inner.break_stream(pid)),
-            Err(err) => tracing::warn!(%err, "queue get cancelled; its message could not be read"),
+            // The wait itself failed: the read is given up.
+            Err(err) => {
+                if inner.unfinished_read.adopt().is_some() {
+                    keep(inner, Err(err));
+                }
+            }
         }
-        self.inner.read_lock.unlock();
     }
 }
 
 impl Drop for ReadRest {
     fn drop(&mut self) {
         // Not finished by a task (no runtime, or the runtime is shutting down).
-        if let Some(read) = self.read.as_mut() {
-            let inner = &self.inner;
-            let frame = drive_blocking(Patience::FOREVER, || {
-                read.attempt(&inner.reader, &inner.shared().tail.0.writer)
-            });
-            self.keep(frame);
+        let inner = &self.0;
+        if let Some(mut read) = inner.unfinished_read.adopt() {
+            let writer = &inner.shared().tail.0.writer;
+            let frame = drive_blocking(Patience::FOREVER, || read.attempt(&inner.reader, writer));
+            keep(inner, frame.and_then(waited_forever));
         }
     }
+}
+
+/// Keeps the message of a finished read for the next `get` in this process, and
+/// releases the read lock the read held.
+fn keep(inner: &Inner, frame: Result<RawFrame>) {
+    match frame {
+        Ok(frame) if !frame.withdrawn => {
+            tracing::debug!("queue get cancelled in the middle of a message; kept for the next get");
+            inner.pending.push(frame);
+        }
+        Ok(_) => {}
+        Err(Error::OwnerDied { pid }) => drop(inner.break_stream(pid)),
+        Err(err) => tracing::warn!(%err, "queue get cancelled; its message could not be read"),
+    }
+    inner.read_lock.unlock();
 }
 
 /// Drops what is queued, as far as that takes no waiting, so that descriptors

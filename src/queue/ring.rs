@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::frame::{self, Pending, RawFrame};
+use super::frame::{self, Pending, RawFrame, UnfinishedRead};
 use super::layout::{
     self, DATA_WAKE, DONE_WAKE, OPEN, READ_LOCK, RING, SHUT, SHUT_NOW, SPACE_WAKE, Shared,
     WRITE_LOCK,
@@ -40,6 +40,8 @@ pub(super) struct Inner {
     pub(super) done: Option<Notifier>,
     /// This process's messages whose `get` was cancelled mid-frame.
     pub(super) pending: Pending,
+    /// The frame of a `get` cancelled mid-frame, while it is still being read.
+    pub(super) unfinished_read: UnfinishedRead,
 }
 
 /// What a producer holding the write lock did with its message.
@@ -106,6 +108,7 @@ impl Inner {
             words: Words::new(&state, 0, RING),
             state,
             pending: Pending::default(),
+            unfinished_read: UnfinishedRead::default(),
         })
     }
 
