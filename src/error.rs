@@ -111,6 +111,29 @@ pub enum Error {
     /// different build of the program).
     #[error("child failed to start: {0}")]
     Bootstrap(String),
+    /// The connection to a child on another host (see [`Launcher`](crate::Launcher))
+    /// was lost or broke the protocol before the child's exit was known: the launcher
+    /// could not connect or exited, the stream closed, fell silent past the heartbeat
+    /// limit, or carried something else than the agent's messages (a login banner on
+    /// standard output, another program). The far side kills the child when it notices.
+    #[error("lost the child on {host}: {reason}")]
+    ConnectionLost {
+        /// The far side, as the launcher names it (see [`Launcher::host`](crate::Launcher::host)).
+        host: String,
+        /// What was seen.
+        reason: String,
+    },
+    /// The program a launcher ran on another host is a different build from this one,
+    /// so no function of ours can be named there. Nothing was run.
+    #[error("{host} runs a different build of the program: its identity is {theirs}, ours is {ours}")]
+    BuildMismatch {
+        /// The far side, as the launcher names it, and its host name.
+        host: String,
+        /// This program's build identity.
+        ours: String,
+        /// The far side's.
+        theirs: String,
+    },
     /// The process could not be spawned.
     #[error("failed to spawn `{program}`: {source}")]
     Spawn {
@@ -405,6 +428,15 @@ impl Clone for Error {
             Error::Decode(msg) => Error::Decode(msg.clone()),
             Error::Protocol(msg) => Error::Protocol(msg.clone()),
             Error::Bootstrap(msg) => Error::Bootstrap(msg.clone()),
+            Error::ConnectionLost { host, reason } => Error::ConnectionLost {
+                host: host.clone(),
+                reason: reason.clone(),
+            },
+            Error::BuildMismatch { host, ours, theirs } => Error::BuildMismatch {
+                host: host.clone(),
+                ours: ours.clone(),
+                theirs: theirs.clone(),
+            },
             Error::Authentication(msg) => Error::Authentication(msg.clone()),
             Error::Spawn { program, source } => Error::Spawn {
                 program: program.clone(),

@@ -175,6 +175,7 @@ mod net;
 mod pool;
 mod process;
 mod queue;
+mod remote;
 mod shm;
 mod start;
 mod sync;
@@ -195,6 +196,7 @@ pub use process::{
     current_process, spawn_process,
 };
 pub use queue::{JoinableQueue, Queue};
+pub use remote::Launcher;
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
 pub use start::preload;
 pub use sync::{

@@ -45,6 +45,7 @@ use crate::start::{self, Entry};
 #[derive(Clone, Debug, Default)]
 pub struct ProcessBuilder {
     pub(crate) options: Options,
+    launcher: Option<crate::Launcher>,
 }
 
 impl ProcessBuilder {
@@ -242,6 +243,30 @@ impl ProcessBuilder {
         self
     }
 
+    /// Starts function children on another host, through `launcher` (ssh, Slurm's
+    /// `srun`, or any command prefix): the handle's `join`, `join_timeout`,
+    /// `terminate`, `kill`, `shutdown` and kill-on-drop mean what they mean locally
+    /// (see [`Launcher`](crate::Launcher) for what differs). The argument cannot carry
+    /// descriptors there. The name, environment, working directory, memory limit,
+    /// `kill_tree` and panic output apply to the remote child; the start method to the
+    /// local stand-in. External [`Command`]s ignore the launcher.
+    ///
+    /// ```
+    /// use multiprocess::{Launcher, Process};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// // `env` runs the far side right here; `Launcher::ssh(host)` would run it there.
+    /// let here = Launcher::command("env", Vec::<String>::new());
+    /// let mut child = Process::builder().launcher(here).spawn(|x: u32| x * 2, 21)?;
+    /// assert_eq!(child.join().await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn launcher(mut self, launcher: crate::Launcher) -> Self {
+        self.launcher = Some(launcher);
+        self
+    }
+
     /// Starts a child that runs `f(arg)` and returns its handle. See
     /// [`spawn_process`](crate::spawn_process).
     ///
@@ -296,6 +321,10 @@ impl ProcessBuilder {
             name: Some(name.clone()),
             ..self.options.clone()
         };
+        if let Some(launcher) = &self.launcher {
+            let (spawned, options) = crate::remote::spawn(launcher, &options, entry, arg)?;
+            return Ok(Process::from_function(name, spawned, &options));
+        }
         let spawned = start::spawn_function(&options, entry, arg)?;
         Ok(Process::from_function(name, spawned, &options))
     }

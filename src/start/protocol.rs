@@ -21,6 +21,13 @@ pub(crate) struct Control {
     pub(super) panic_output: PanicOutput,
 }
 
+impl Control {
+    /// The reading half and the socket, for a child that speaks on it in its own way.
+    pub(crate) fn into_parts(self) -> (ReadHalf, Arc<SocketFd>) {
+        (self.read, self.socket)
+    }
+}
+
 /// Parent to child, first frame: what to run. The argument follows as the second frame.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Start {
@@ -48,6 +55,17 @@ pub(crate) enum Outcome<R> {
     ArgumentUndecodable(String),
     ResultUnencodable(String),
     Refused(String),
+    /// From the stand-in of a child on another host.
+    ConnectionLost {
+        host: String,
+        reason: String,
+    },
+    /// From the stand-in of a child on another host.
+    BuildMismatch {
+        host: String,
+        ours: Vec<u8>,
+        theirs: Vec<u8>,
+    },
 }
 
 impl<R> Outcome<R> {
@@ -58,6 +76,12 @@ impl<R> Outcome<R> {
             Outcome::ArgumentUndecodable(msg) => Err(Error::Decode(format!("in the child: {msg}"))),
             Outcome::ResultUnencodable(msg) => Err(Error::Encode(format!("in the child: {msg}"))),
             Outcome::Refused(msg) => Err(Error::Bootstrap(msg)),
+            Outcome::ConnectionLost { host, reason } => Err(Error::ConnectionLost { host, reason }),
+            Outcome::BuildMismatch { host, ours, theirs } => Err(Error::BuildMismatch {
+                host,
+                ours: show_identity(&ours),
+                theirs: show_identity(&theirs),
+            }),
         }
     }
 }
@@ -68,3 +92,15 @@ pub(crate) const CHILD_ENV: &str = "__MULTIPROCESS_CHILD";
 /// Exit codes of a function child, for the cases the control socket already explains.
 pub(crate) const EXIT_PANICKED: i32 = 101;
 pub(crate) const EXIT_FAILED: i32 = 2;
+
+/// A build identity for people: `build-id:` and hex digits, or the file's description.
+fn show_identity(identity: &[u8]) -> String {
+    match identity.strip_prefix(b"build-id:") {
+        Some(id) => {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            format!("build-id:{hex}")
+        }
+        None if identity.is_empty() => "unknown".into(),
+        None => String::from_utf8_lossy(identity).into_owned(),
+    }
+}

@@ -1,0 +1,508 @@
+//! Children on another host, through a launcher: here with local prefixes (`env`,
+//! `sh -c`), which run the far side on this machine, so that every process on both
+//! sides can be checked in `/proc`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use multiprocess::{Error, Launcher, Process};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn here() -> Launcher {
+    Launcher::command("env", Vec::<String>::new())
+}
+
+fn builder() -> multiprocess::ProcessBuilder {
+    Process::builder().launcher(here())
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn shout(s: String) -> String {
+    s.to_uppercase()
+}
+
+fn panics(message: String) {
+    panic!("{message}");
+}
+
+fn exits(code: i32) {
+    std::process::exit(code);
+}
+
+fn aborts(_: ()) {
+    std::process::abort();
+}
+
+/// Creates `ready`, then waits forever.
+fn ready_then_forever(ready: PathBuf) {
+    std::fs::write(&ready, b"").unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+extern "C" fn exit_42(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(42) };
+}
+
+/// Exits with code 42 on `SIGTERM`: proof that the signal reached this very process.
+fn exits_42_on_term(ready: PathBuf) {
+    // SAFETY: the handler only calls `_exit`.
+    unsafe { libc::signal(libc::SIGTERM, exit_42 as *const () as libc::sighandler_t) };
+    ready_then_forever(ready);
+}
+
+fn prints_then_returns(n: u32) -> u32 {
+    for i in 0..n {
+        println!("line {i} of noise on standard output \x00\x01\x7f");
+    }
+    print!("no newline at the end");
+    n
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mp-remote-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every process below `pid`, found through `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        parents.entry(ppid).or_default().push(child);
+    }
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in parents.get(&p).into_iter().flatten() {
+            found.push(c);
+            todo.push(c);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
+    })
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+async fn wait_for_file(path: &Path) {
+    common::eventually("the remote child is running", || path.exists()).await;
+}
+
+async fn all_gone(pids: &[u32]) {
+    common::eventually("every process of the remote side has exited", || {
+        pids.iter().all(|pid| !alive(*pid))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn results_come_back() {
+    let leaks = common::LeakCheck::start().await;
+    let mut child = builder().spawn(double, 21).unwrap();
+    assert_eq!(child.join().await.unwrap(), 42);
+    assert!(child.exit_status().unwrap().success());
+    let big = "x".repeat(3 << 20);
+    let got = builder()
+        .spawn(shout, big.clone())
+        .unwrap()
+        .join()
+        .await
+        .unwrap();
+    assert_eq!(got, big.to_uppercase());
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_panic_comes_back_with_its_message() {
+    let leaks = common::LeakCheck::start().await;
+    let err = builder()
+        .spawn(panics, "far away".to_string())
+        .unwrap()
+        .join()
+        .await
+        .unwrap_err();
+    match err {
+        Error::Panicked { message, .. } => assert_eq!(message, "far away"),
+        other => panic!("not a panic: {other:?}"),
+    }
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals_are_the_remote_childs() {
+    let leaks = common::LeakCheck::start().await;
+    let mut child = builder().spawn(exits, 7).unwrap();
+    assert!(matches!(child.join().await, Err(Error::Exited { code: 7 })));
+    assert_eq!(child.exitcode(), Some(7));
+    let mut child = builder().spawn(aborts, ()).unwrap();
+    let err = child.join().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGABRT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(child.exitcode(), Some(-libc::SIGABRT));
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn timeout_then_kill_leaves_nothing_behind() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("kill");
+    let ready = dir.join("ready");
+    let mut child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
+    wait_for_file(&ready).await;
+    let below = descendants(child.pid());
+    assert!(below.len() >= 2, "an agent and its child: {below:?}");
+    let waited = child.join_timeout(Duration::from_millis(100)).await;
+    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+    child.kill().unwrap();
+    let err = child.join().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Signaled {
+                signal: libc::SIGKILL,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn terminate_reaches_the_remote_child() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("term");
+    let ready = dir.join("ready");
+    let mut child = builder().spawn(exits_42_on_term, ready.clone()).unwrap();
+    wait_for_file(&ready).await;
+    child.terminate().unwrap();
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    assert!(matches!(err, Error::Exited { code: 42 }), "{err:?}");
+
+    // Unhandled, the signal ends the remote child, and the handle says so.
+    let ready = dir.join("ready2");
+    let mut child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
+    wait_for_file(&ready).await;
+    let below = descendants(child.pid());
+    let status = child.shutdown(LONG).await.unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn dropping_the_handle_ends_the_remote_side() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("drop");
+    let ready = dir.join("ready");
+    let child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
+    wait_for_file(&ready).await;
+    let mut below = descendants(child.pid());
+    below.push(child.pid());
+    drop(child);
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_cut_connection_ends_both_sides() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("cut");
+    let ready = dir.join("ready");
+    // The stream passes through two `cat`s, as it passes through a network.
+    let relay = Launcher::command("sh", ["-c", "cat | \"$@\" | cat", "sh"]);
+    let mut child = Process::builder()
+        .launcher(relay)
+        .spawn(ready_then_forever, ready.clone())
+        .unwrap();
+    wait_for_file(&ready).await;
+    let below = descendants(child.pid());
+    let cats: Vec<u32> = below
+        .iter()
+        .copied()
+        .filter(|p| comm(*p) == "cat")
+        .collect();
+    assert_eq!(cats.len(), 2, "{below:?}");
+    for cat in cats {
+        // The second may be gone already: the first one's death ends the chain.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(cat as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    match &err {
+        Error::ConnectionLost { host, reason } => {
+            assert!(host.starts_with("sh -c"), "{host}");
+            assert!(reason.contains("closed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_given_up() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("silent-agent");
+    let ready = dir.join("ready");
+    let launcher = here().heartbeat(Duration::from_millis(250));
+    let mut child = Process::builder()
+        .launcher(launcher)
+        .spawn(ready_then_forever, ready.clone())
+        .unwrap();
+    wait_for_file(&ready).await;
+    let below = descendants(child.pid());
+    let agent = *below.iter().min().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    match &err {
+        Error::ConnectionLost { reason, .. } => {
+            assert!(reason.contains("nothing heard"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_silent_parent_side_makes_the_agent_kill_its_child() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("silent-proxy");
+    let ready = dir.join("ready");
+    let launcher = here().heartbeat(Duration::from_millis(250));
+    let mut child = Process::builder()
+        .launcher(launcher)
+        .spawn(ready_then_forever, ready.clone())
+        .unwrap();
+    wait_for_file(&ready).await;
+    let below = descendants(child.pid());
+    let proxy = nix::unistd::Pid::from_raw(child.pid() as i32);
+    nix::sys::signal::kill(proxy, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The agent exits (a zombie until the stopped proxy reaps it), its child is gone.
+    all_gone(&below).await;
+    nix::sys::signal::kill(proxy, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn printing_to_stdout_does_not_corrupt_the_stream() {
+    let leaks = common::LeakCheck::start().await;
+    let mut child = builder().spawn(prints_then_returns, 2000).unwrap();
+    assert_eq!(child.join_timeout(LONG).await.unwrap(), 2000);
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_stream_is_a_typed_error() {
+    let leaks = common::LeakCheck::start().await;
+    let banner = Launcher::command(
+        "sh",
+        ["-c", "echo Welcome to the cluster; exec sleep 600", "sh"],
+    );
+    let mut child = Process::builder()
+        .launcher(banner)
+        .spawn(double, 1)
+        .unwrap();
+    let below = descendants(child.pid());
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    match &err {
+        Error::ConnectionLost { reason, .. } => {
+            assert!(reason.contains("Welcome to the cluster"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    all_gone(&below).await;
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn a_launcher_that_cannot_start_is_a_typed_error() {
+    let leaks = common::LeakCheck::start().await;
+    let missing = Launcher::command("/nonexistent/launcher", Vec::<String>::new());
+    let err = Process::builder()
+        .launcher(missing)
+        .spawn(double, 1)
+        .unwrap()
+        .join_timeout(LONG)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ConnectionLost { host, reason } => {
+            assert_eq!(host, "/nonexistent/launcher");
+            assert!(reason.contains("cannot start"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let exits_at_once = Launcher::command("false", Vec::<String>::new());
+    let err = Process::builder()
+        .launcher(exits_at_once)
+        .spawn(double, 1)
+        .unwrap()
+        .join_timeout(LONG)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ConnectionLost { reason, .. } => assert!(reason.contains("code 1"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    leaks.finish().await;
+}
+
+/// A copy of this test binary whose build identity differs in one byte.
+fn other_build(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read("/proc/self/exe").unwrap();
+    let note: &[u8] = &[4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("a GNU build-id note");
+    bytes[at + note.len()] ^= 0xff;
+    let path = dir.join("other-build");
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn another_build_on_the_far_side_is_refused_by_name() {
+    let leaks = common::LeakCheck::start().await;
+    let dir = tmp("mismatch");
+    let launcher = here().executable(other_build(&dir));
+    let err = Process::builder()
+        .launcher(launcher)
+        .spawn(double, 1)
+        .unwrap()
+        .join_timeout(LONG)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::BuildMismatch { host, ours, theirs } => {
+            assert!(host.starts_with("env"), "{host}");
+            assert!(ours.starts_with("build-id:") && theirs.starts_with("build-id:"));
+            assert_ne!(ours, theirs);
+            let shown = err.to_string();
+            assert!(
+                shown.contains(ours.as_str()) && shown.contains(theirs.as_str()),
+                "{shown}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn the_executable_is_shipped_once_and_checked() {
+    let leaks = common::LeakCheck::start().await;
+    let cache = tmp("ship");
+    let cache_var = format!("XDG_CACHE_HOME={}", cache.display());
+    let shipping = Launcher::command("env", [cache_var.as_str()]).ship_executable(true);
+    let spawn = || {
+        Process::builder()
+            .launcher(shipping.clone())
+            .spawn(double, 4)
+    };
+    assert_eq!(spawn().unwrap().join_timeout(LONG).await.unwrap(), 8);
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let builds = entries(&cache.join("multiprocess"));
+    assert_eq!(builds.len(), 1);
+    let copies = entries(&builds[0]);
+    assert_eq!(copies.len(), 1, "no temporary left: {copies:?}");
+    let copy = copies[0].clone();
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&copy).unwrap().ino();
+    assert_eq!(spawn().unwrap().join_timeout(LONG).await.unwrap(), 8);
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().ino(),
+        inode,
+        "copied again"
+    );
+
+    // A cached copy that is another build is refused, not run.
+    std::fs::rename(other_build(&cache), &copy).unwrap();
+    let err = spawn().unwrap().join_timeout(LONG).await.unwrap_err();
+    assert!(matches!(err, Error::BuildMismatch { .. }), "{err:?}");
+    leaks.finish().await;
+}
+
+#[tokio::test]
+async fn descriptors_cannot_travel_to_another_host() {
+    let (_ours, theirs) = multiprocess::pipe::<(), ()>().unwrap();
+    let err = builder()
+        .spawn(|_c: multiprocess::Connection<(), ()>| (), theirs)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Encode(ref m) if m.contains("another host")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn ssh_settings_on_other_launchers_are_refused() {
+    let err = Process::builder()
+        .launcher(here().port(22))
+        .spawn(double, 1)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+}
