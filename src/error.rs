@@ -250,6 +250,12 @@ pub enum Error {
     /// Nothing the peer sent was decoded. Python's `AuthenticationError`.
     #[error("authentication failed: {0}")]
     Authentication(String),
+    /// A TLS connection by address ([`Listener`](crate::Listener) /
+    /// [`Client`](crate::Client) with the `tls` feature) could not be set up: the
+    /// certificate is not trusted or not valid for the server name, the TLS handshake
+    /// failed, or one side uses TLS and the other does not.
+    #[error("TLS failed: {0}")]
+    Tls(String),
     /// Another I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -438,6 +444,7 @@ impl Clone for Error {
                 theirs: theirs.clone(),
             },
             Error::Authentication(msg) => Error::Authentication(msg.clone()),
+            Error::Tls(msg) => Error::Tls(msg.clone()),
             Error::Spawn { program, source } => Error::Spawn {
                 program: program.clone(),
                 source: clone_io(source),

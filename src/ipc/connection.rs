@@ -141,6 +141,18 @@ impl<S, R> Connection<S, R> {
         })
     }
 
+    /// One end of a Unix socket pair whose other end a relay copies to and from a
+    /// network connection: descriptors are refused as on the network itself.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn from_relayed_fd(fd: OwnedFd) -> Self {
+        let sock = SocketFd::relayed(fd);
+        Connection {
+            read: ReadHalf::new(sock.clone()),
+            write: WriteHalf::new(sock),
+            _types: PhantomData,
+        }
+    }
+
     /// Sets the largest frame this end sends or accepts (default 256 MiB).
     ///
     /// ```

@@ -60,6 +60,15 @@ impl SocketFd {
         }))
     }
 
+    /// A Unix socket whose bytes are relayed to a network connection (TLS): it would
+    /// carry descriptors, but they would stop at the relay.
+    pub(crate) fn relayed(fd: OwnedFd) -> Arc<SocketFd> {
+        Arc::new(SocketFd {
+            fd: ReadableFd::new(fd),
+            passes_fds: false,
+        })
+    }
+
     /// Refuses descriptors this socket cannot carry, before any byte of their frame is
     /// buffered.
     fn check_fds_allowed(&self, n_fds: usize) -> Result<()> {

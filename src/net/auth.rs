@@ -27,12 +27,15 @@ use crate::error::{Error, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const MAGIC: &[u8; 8] = b"mpauth1\n";
+pub(crate) const MAGIC: &[u8; 8] = b"mpauth1\n";
+/// What a TLS listener sends first, in place of its challenge (padded with zeros to the
+/// challenge's length), so that a client without TLS knows it for what it is.
+pub(crate) const TLS_MAGIC: &[u8; 8] = b"mptls01\n";
 const NONCE_LEN: usize = 32;
 const MAC_LEN: usize = 32;
 const ACCEPT: u8 = 1;
 const REFUSE: u8 = 0;
-const CHALLENGE_LEN: usize = MAGIC.len() + NONCE_LEN;
+pub(crate) const CHALLENGE_LEN: usize = MAGIC.len() + NONCE_LEN;
 const RESPONSE_LEN: usize = MAGIC.len() + NONCE_LEN + MAC_LEN;
 const VERDICT_LEN: usize = 1 + MAC_LEN;
 
@@ -210,7 +213,7 @@ impl From<io::Error> for Rejection {
     }
 }
 
-fn handshake_io_error(e: io::Error) -> Error {
+pub(crate) fn handshake_io_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::ConnectionReset
@@ -279,6 +282,11 @@ struct ClientSide<'k> {
 impl<'k> ClientSide<'k> {
     fn respond(key: &'k AuthKey, challenge: &[u8; CHALLENGE_LEN]) -> Result<(Self, [u8; RESPONSE_LEN])> {
         let (magic, listener_nonce) = challenge.split_at(MAGIC.len());
+        if magic == TLS_MAGIC {
+            return Err(Error::Tls(
+                "the listener requires TLS, and this client has no TLS configuration".into(),
+            ));
+        }
         if magic != MAGIC {
             return Err(Error::Authentication(
                 "the peer is not a multiprocess listener (unexpected greeting)".into(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
 
+use super::Authenticated;
 use super::address::Address;
 use super::auth::{self, AuthKey};
 use crate::error::{Error, Result};
@@ -54,6 +55,8 @@ pub struct Client {
     address: Address,
     authkey: AuthKey,
     timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::ClientTls>,
 }
 
 impl Client {
@@ -68,6 +71,8 @@ impl Client {
             address: address.into(),
             authkey: authkey.into(),
             timeout: DEFAULT_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -80,6 +85,64 @@ impl Client {
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
+        self
+    }
+
+    /// Connects inside TLS, with this client configuration (the certificates it
+    /// trusts), to a listener whose certificate is valid for `server_name` (a DNS name
+    /// or an IP address); the authkey handshake then runs inside TLS. For a listener
+    /// with [`ListenerBuilder::tls`](crate::ListenerBuilder::tls). A certificate not
+    /// trusted or not valid for the name, or a listener without TLS, is `Err(Tls)`; a
+    /// name that is neither is `Err(InvalidArgument)` when connecting. Needs the `tls`
+    /// feature.
+    ///
+    /// The connection is the same [`Connection`] type; its bytes are relayed to and
+    /// from TLS by a task: on the current runtime for [`connect`](Client::connect) (keep
+    /// it running, and use the connection's async methods there), on a thread of its
+    /// own for [`connect_blocking`](Client::connect_blocking). Descriptors cannot be
+    /// sent over it (`Err(Encode)`, as over plain TCP).
+    ///
+    /// ```
+    /// use multiprocess::{Client, Listener};
+    /// use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A self-signed certificate the client trusts, for the example.
+    /// let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    /// let cert = certified.cert.der().clone();
+    /// let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    /// let server = rustls::ServerConfig::builder()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key))?;
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// roots.add(cert)?;
+    /// let client = rustls::ClientConfig::builder()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    ///
+    /// let listener = Listener::builder().authkey("k").tls(server).bind().await?;
+    /// let client = Client::new(listener.address().clone(), "k").tls(client, "localhost");
+    /// let (accepted, connected) = tokio::join!(
+    ///     listener.accept::<String, String>(),
+    ///     client.connect::<String, String>(),
+    /// );
+    /// let (mut server, mut client) = (accepted?, connected?);
+    /// client.send("over TLS".into()).await?;
+    /// assert_eq!(server.recv().await?, "over TLS");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: impl Into<std::sync::Arc<rustls::ClientConfig>>,
+        server_name: impl Into<String>,
+    ) -> Client {
+        self.tls = Some(super::tls::ClientTls {
+            config: config.into(),
+            server_name: server_name.into(),
+        });
         self
     }
 
@@ -97,12 +160,61 @@ impl Client {
     /// ```
     pub async fn connect<S, R>(&self) -> Result<Connection<S, R>> {
         let key = self.authkey.checked()?;
-        let fd = tokio::time::timeout(self.timeout, connect_async(&self.address, key))
+        let connected = tokio::time::timeout(self.timeout, self.connect_async(key))
             .await
             .unwrap_or(Err(Error::Timeout {
                 after: self.timeout,
             }))?;
-        Connection::from_fd(fd)
+        connected.into_connection()
+    }
+
+    async fn connect_async(&self, key: &AuthKey) -> Result<Authenticated> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let (fd, relay) = self.connect_tls(tls, key).await?;
+            tokio::spawn(relay);
+            return Ok(Authenticated::Relayed(fd));
+        }
+        let fd = match &self.address {
+            Address::Tcp(addr) => tcp_async(TcpStream::connect(addr).await?, key).await?,
+            Address::Host(host) => tcp_async(TcpStream::connect(host.as_str()).await?, key).await?,
+            Address::Unix(path) => {
+                let mut stream = unix_async(path).await?;
+                auth::client_handshake(&mut stream, key).await?;
+                OwnedFd::from(stream.into_std()?)
+            }
+        };
+        Ok(Authenticated::Direct(fd))
+    }
+
+    /// Connects and authenticates inside TLS; the relay is left to the caller to run.
+    #[cfg(feature = "tls")]
+    async fn connect_tls(
+        &self,
+        tls: &super::tls::ClientTls,
+        key: &AuthKey,
+    ) -> Result<(OwnedFd, super::tls::Relay)> {
+        use super::tls::connect;
+        match &self.address {
+            Address::Tcp(addr) => connect(TcpStream::connect(addr).await?, tls, key).await,
+            Address::Host(host) => connect(TcpStream::connect(host.as_str()).await?, tls, key).await,
+            Address::Unix(path) => connect(unix_async(path).await?, tls, key).await,
+        }
+    }
+
+    /// [`connect_blocking`](Client::connect_blocking) inside TLS: connecting, the
+    /// handshakes and then the relay run on a thread of their own.
+    #[cfg(feature = "tls")]
+    fn connect_tls_blocking(&self, tls: &super::tls::ClientTls) -> Result<OwnedFd> {
+        let (client, tls) = (self.clone(), tls.clone());
+        super::tls::connect_on_relay_thread(async move {
+            let key = client.authkey.checked()?;
+            tokio::time::timeout(client.timeout, client.connect_tls(&tls, key))
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    after: client.timeout,
+                }))
+        })
     }
 
     /// [`connect`](Client::connect), blocking the calling thread: for code without a
@@ -115,6 +227,10 @@ impl Client {
     /// ```
     pub fn connect_blocking<S, R>(&self) -> Result<Connection<S, R>> {
         let key = self.authkey.checked()?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return Ok(Connection::from_relayed_fd(self.connect_tls_blocking(tls)?));
+        }
         let deadline = Instant::now() + self.timeout;
         let fd = match &self.address {
             Address::Tcp(addr) => self.tcp_blocking(&[*addr], key, deadline)?,
@@ -209,18 +325,6 @@ async fn unix_async(path: &Path) -> Result<UnixStream> {
                 pause = (pause * 2).min(QUEUE_FULL_BACKOFF.1);
             }
             connected => return Ok(connected?),
-        }
-    }
-}
-
-async fn connect_async(address: &Address, key: &AuthKey) -> Result<OwnedFd> {
-    match address {
-        Address::Tcp(addr) => tcp_async(TcpStream::connect(addr).await?, key).await,
-        Address::Host(host) => tcp_async(TcpStream::connect(host.as_str()).await?, key).await,
-        Address::Unix(path) => {
-            let mut stream = unix_async(path).await?;
-            auth::client_handshake(&mut stream, key).await?;
-            Ok(OwnedFd::from(stream.into_std()?))
         }
     }
 }

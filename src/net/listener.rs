@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::address::Address;
+use super::Authenticated;
 use super::auth::{self, AuthKey};
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
@@ -78,7 +81,7 @@ pub struct Listener {
 
 #[derive(Debug)]
 struct Accepted {
-    fd: OwnedFd,
+    conn: Authenticated,
     peer: Address,
 }
 
@@ -106,6 +109,8 @@ pub struct ListenerBuilder {
     authkey: Option<AuthKey>,
     handshake_timeout: Duration,
     max_pending: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ListenerBuilder {
@@ -169,6 +174,39 @@ impl ListenerBuilder {
         self
     }
 
+    /// Encrypts every connection with TLS, with this server configuration (its
+    /// certificate is what clients check); the authkey handshake then runs inside TLS,
+    /// so a peer must both trust the certificate and hold the key. Clients need
+    /// [`Client::tls`](crate::Client::tls): a client without TLS is refused at once with
+    /// `Err(Tls)`, and so is a TLS client at a listener without TLS. Needs the `tls`
+    /// feature.
+    ///
+    /// The bytes of a TLS connection are relayed by a task on the runtime the listener
+    /// was bound on (see the crate's Security notes), so descriptors cannot be sent
+    /// over it (`Err(Encode)`, as over plain TCP). The listener reads at most 64 KiB from
+    /// a peer before the peer has authenticated, within the handshake time limit.
+    ///
+    /// ```
+    /// use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A self-signed certificate for the example; use one your clients trust.
+    /// let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    /// let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    /// let config = rustls::ServerConfig::builder()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(vec![certified.cert.der().clone()], PrivateKeyDer::Pkcs8(key))?;
+    /// let listener = multiprocess::Listener::builder().authkey("k").tls(config).bind().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: impl Into<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = Some(config.into());
+        self
+    }
+
     /// Binds and starts accepting in the background (on the current tokio runtime).
     /// `Err(InvalidArgument)` without a key or with zero pending handshakes; `Err(Io)`
     /// when the address cannot be bound (in use, a Unix path that exists).
@@ -198,6 +236,8 @@ impl ListenerBuilder {
             key,
             timeout: self.handshake_timeout,
             max_pending: self.max_pending,
+            #[cfg(feature = "tls")]
+            tls: self.tls.map(tokio_rustls::TlsAcceptor::from),
         });
         let serving = tokio::spawn(serve(socket, config, tx, rejected.clone()));
         Ok(Listener {
@@ -227,6 +267,8 @@ impl Listener {
             authkey: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -273,7 +315,7 @@ impl Listener {
             Error::Io(std::io::Error::other("the listener's accept loop has stopped"))
         })?;
         *self.last_accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(accepted.peer);
-        Connection::from_fd(accepted.fd)
+        accepted.conn.into_connection()
     }
 
     /// Where this listener listens; for TCP with the port the system chose.
@@ -346,10 +388,12 @@ impl Drop for Listener {
     }
 }
 
-struct Config {
-    key: AuthKey,
-    timeout: Duration,
+pub(super) struct Config {
+    pub(super) key: AuthKey,
+    pub(super) timeout: Duration,
     max_pending: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The bound socket, TCP or Unix.
@@ -453,30 +497,31 @@ impl SocketFile {
     }
 }
 
-impl Stream {
-    async fn handshake(&mut self, key: &AuthKey) -> Result<(), auth::Rejection> {
-        match self {
-            Stream::Tcp(stream) => auth::listener_handshake(stream, key).await,
-            Stream::Unix(stream) => auth::listener_handshake(stream, key).await,
-        }
+/// A connected stream a handshake runs on, and that becomes a connection's descriptor.
+pub(crate) trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Frames are written whole: small ones must not wait for Nagle on TCP.
+    fn no_delay(&self) -> io::Result<()>;
+    fn into_fd(self) -> io::Result<OwnedFd>;
+}
+
+impl PeerStream for TcpStream {
+    fn no_delay(&self) -> io::Result<()> {
+        self.set_nodelay(true)
     }
 
-    async fn refuse(&mut self, rejection: &auth::Rejection) {
-        match self {
-            Stream::Tcp(stream) => rejection.tell(stream).await,
-            Stream::Unix(stream) => rejection.tell(stream).await,
-        }
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        self.no_delay()?;
+        Ok(OwnedFd::from(self.into_std()?))
+    }
+}
+
+impl PeerStream for UnixStream {
+    fn no_delay(&self) -> io::Result<()> {
+        Ok(())
     }
 
-    fn into_fd(self) -> std::io::Result<OwnedFd> {
-        match self {
-            Stream::Tcp(stream) => {
-                // Frames are written whole; small ones must not wait for Nagle.
-                stream.set_nodelay(true)?;
-                Ok(OwnedFd::from(stream.into_std()?))
-            }
-            Stream::Unix(stream) => Ok(OwnedFd::from(stream.into_std()?)),
-        }
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(OwnedFd::from(self.into_std()?))
     }
 }
 
@@ -508,36 +553,72 @@ async fn serve(
 
 /// Authenticates one peer within the time limit and hands its connection to `accept`.
 async fn admit(
-    mut stream: Stream,
+    stream: Stream,
     peer: Address,
     config: Arc<Config>,
     accepted: mpsc::Sender<Accepted>,
     rejected: Arc<AtomicU64>,
 ) {
-    let outcome = tokio::time::timeout(config.timeout, stream.handshake(&config.key)).await;
-    let error = match outcome {
-        Ok(Ok(())) => match stream.into_fd() {
-            Ok(fd) => {
-                // Fails only once the listener is gone; the connection closes with it.
-                let _ = accepted.send(Accepted { fd, peer }).await;
-                return;
-            }
-            Err(e) => Error::Io(e),
-        },
+    let deadline = Instant::now() + config.timeout;
+    let admitted = match stream {
+        Stream::Tcp(stream) => admit_stream(stream, &config, deadline, &rejected).await,
+        Stream::Unix(stream) => admit_stream(stream, &config, deadline, &rejected).await,
+    };
+    match admitted {
+        // Fails only once the listener is gone; the connection closes with it.
+        Ok(conn) => drop(accepted.send(Accepted { conn, peer }).await),
+        Err(error) => turned_away(&peer, &error),
+    }
+}
+
+/// The handshake (inside TLS when the listener has a TLS configuration); the
+/// authenticated connection's descriptor. A peer turned away is counted.
+async fn admit_stream<S: PeerStream>(
+    mut stream: S,
+    config: &Config,
+    deadline: Instant,
+    rejected: &AtomicU64,
+) -> Result<Authenticated> {
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &config.tls {
+        return super::tls::admit(stream, acceptor, config, deadline, rejected).await;
+    }
+    handshake(&mut stream, config, deadline, rejected).await?;
+    match stream.into_fd() {
+        Ok(fd) => Ok(Authenticated::Direct(fd)),
+        Err(e) => {
+            rejected.fetch_add(1, Ordering::SeqCst);
+            Err(Error::Io(e))
+        }
+    }
+}
+
+/// The listener's side of the authkey handshake, done by `deadline`; a peer that fails
+/// it is counted and, if it speaks the protocol, told.
+pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    config: &Config,
+    deadline: Instant,
+    rejected: &AtomicU64,
+) -> Result<()> {
+    match tokio::time::timeout_at(deadline, auth::listener_handshake(stream, &config.key)).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(rejection)) => {
             // Counted before the peer hears of it, so whoever sees the refusal (or the
             // close) sees the count.
             rejected.fetch_add(1, Ordering::SeqCst);
-            let _ = tokio::time::timeout(config.timeout, stream.refuse(&rejection)).await;
-            return turned_away(&peer, &rejection.error);
+            let _ = tokio::time::timeout(config.timeout, rejection.tell(stream)).await;
+            Err(rejection.error)
         }
-        Err(_) => Error::Authentication(format!(
-            "the handshake did not finish within {:?}",
-            config.timeout
-        )),
-    };
-    rejected.fetch_add(1, Ordering::SeqCst);
-    turned_away(&peer, &error);
+        Err(_) => {
+            rejected.fetch_add(1, Ordering::SeqCst);
+            Err(handshake_timed_out(config.timeout))
+        }
+    }
+}
+
+pub(super) fn handshake_timed_out(timeout: Duration) -> Error {
+    Error::Authentication(format!("the handshake did not finish within {timeout:?}"))
 }
 
 fn turned_away(peer: &Address, error: &Error) {
