@@ -63,6 +63,7 @@ pub struct Launcher {
     ship: bool,
     heartbeat: Duration,
     connect_timeout: Duration,
+    env: Vec<(OsString, OsString)>,
     misuse: Option<String>,
 }
 
@@ -92,6 +93,7 @@ impl Launcher {
             ship: false,
             heartbeat: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(60),
+            env: Vec::new(),
             misuse: None,
         }
     }
@@ -254,6 +256,23 @@ impl Launcher {
     pub fn connect_timeout(mut self, timeout: Duration) -> Launcher {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Sets an environment variable for the launcher program itself (`SLURM_CONF`,
+    /// `KUBECONFIG`, ...), not for the remote child (see
+    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) for that).
+    ///
+    /// ```
+    /// let slurm = multiprocess::Launcher::srun(["-N1"]).env("SLURM_CONF", "/etc/slurm/test.conf");
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launcher {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub(super) fn launcher_env(&self) -> &[(OsString, OsString)] {
+        &self.env
     }
 
     /// What errors call the far side: the ssh host, `srun`, or the command prefix.

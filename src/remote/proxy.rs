@@ -142,7 +142,7 @@ impl Proxy {
             Ok(argv) => argv,
             Err(err) => return End::Lost(err.to_string()),
         };
-        match start_launcher(&argv, None) {
+        match start_launcher(&argv, self.launcher.launcher_env(), None) {
             Ok((spawned, Some(stream))) => self.spawned = Some((spawned, stream)),
             Ok((_, None)) => unreachable!("a stream was asked for"),
             Err(err) => return End::Lost(err),
@@ -157,7 +157,7 @@ impl Proxy {
             .ship_command(identity)
             .map_err(|err| End::Lost(err.to_string()))?;
         let exe = File::open("/proc/self/exe").map_err(|err| End::Lost(err.to_string()))?;
-        let (shipper, _) = start_launcher(&argv, Some(exe)).map_err(End::Lost)?;
+        let (shipper, _) = start_launcher(&argv, self.launcher.launcher_env(), Some(exe)).map_err(End::Lost)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut watched = [
@@ -399,12 +399,13 @@ impl Proxy {
 /// with `stdin` and no output.
 fn start_launcher(
     argv: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
     stdin: Option<File>,
 ) -> Result<(Spawned, Option<OwnedFd>), String> {
     let program = argv[0].to_string_lossy().into_owned();
     let fail = |err: std::io::Error| format!("cannot start `{program}`: {err}");
     let mut command = std::process::Command::new(&argv[0]);
-    command.args(&argv[1..]);
+    command.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
     let ours = match stdin {
         Some(file) => {
             command.stdin(file).stdout(Stdio::null());
