@@ -450,14 +450,27 @@ async fn another_build_on_the_far_side_is_refused_by_name() {
 async fn the_executable_is_shipped_once_and_checked() {
     let leaks = common::LeakCheck::start().await;
     let cache = tmp("ship");
-    let cache_var = format!("XDG_CACHE_HOME={}", cache.display());
-    let shipping = Launcher::command("env", [cache_var.as_str()]).ship_executable(true);
+    let log = cache.join("launches");
+    // Each launch leaves a line in the log.
+    let script = format!(
+        "echo launch >> '{}'; XDG_CACHE_HOME='{}' exec \"$@\"",
+        log.display(),
+        cache.display()
+    );
+    let shipping = Launcher::command("sh", ["-c", script.as_str(), "sh"]).ship_executable(true);
+    let launches = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     let spawn = || {
         Process::builder()
             .launcher(shipping.clone())
             .spawn(double, 4)
     };
     assert_eq!(spawn().unwrap().join_timeout(LONG).await.unwrap(), 8);
+    assert_eq!(launches(), 3, "a try, the copy, the run");
     let entries = |dir: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
             .unwrap()

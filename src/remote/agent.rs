@@ -98,7 +98,8 @@ fn agent_main() -> i32 {
         Ok(child) => child,
         Err(err) => {
             eprintln!("multiprocess agent: cannot start the child: {err}");
-            link.outbox.push(&Envelope::Exit(RemoteExit::Code(EXIT_REFUSED)));
+            link.outbox
+                .push(&Envelope::Exit(RemoteExit::Code(EXIT_REFUSED)));
             link.flush_before(Instant::now() + link.silence_limit);
             return EXIT_REFUSED;
         }
@@ -145,7 +146,9 @@ impl Child {
         if let Some(dir) = &job.current_dir {
             command.current_dir(dir);
         }
-        command.env(CHILD_ENV, "1").stdin(std::process::Stdio::from(theirs));
+        command
+            .env(CHILD_ENV, "1")
+            .stdin(std::process::Stdio::from(theirs));
         command.stdout(std::process::Stdio::from(sys::dup_cloexec(
             std::io::stderr().as_fd(),
             3,

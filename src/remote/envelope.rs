@@ -196,7 +196,10 @@ impl Inbox {
         }
         let tag = self.buf[0];
         if !(TAG_HELLO..=TAG_EXIT).contains(&tag) {
-            return Err(format!("unexpected bytes on the stream: {}", show(&self.buf)));
+            return Err(format!(
+                "unexpected bytes on the stream: {}",
+                show(&self.buf)
+            ));
         }
         let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len > max_len(tag) {
@@ -211,6 +214,11 @@ impl Inbox {
         let envelope = Envelope::decode(tag, &self.buf[HEADER..HEADER + len]);
         self.buf.drain(..HEADER + len);
         envelope.map(Some)
+    }
+
+    /// Whether nothing at all has arrived yet.
+    pub(super) fn untouched(&self) -> bool {
+        !self.greeted && self.buf.is_empty()
     }
 
     /// Whether the stream ended in the middle of an envelope (or before the greeting).
@@ -261,7 +269,11 @@ pub(super) fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> 
     use nix::sys::socket::{MsgFlags, send};
     use std::os::fd::AsRawFd;
     loop {
-        let sent = match send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+        let sent = match send(
+            fd.as_raw_fd(),
+            bytes,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
             // Not a socket (a pipe from sshd): a plain write; SIGPIPE is ignored here.
             Err(nix::errno::Errno::ENOTSOCK) => nix::unistd::write(fd, bytes),
             other => other,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::agent::MARKER;
+use super::proxy::NOT_SHIPPED;
 use crate::error::{Error, Result};
 
 /// How a child is started elsewhere: a command prefix that runs this same program on
@@ -154,7 +155,16 @@ impl Launcher {
         })
     }
 
-    fn ssh_setting(mut self, set: impl FnOnce(&mut Option<u16>, &mut Option<String>, &mut Option<PathBuf>, &mut Vec<(String, String)>), what: &str) -> Launcher {
+    fn ssh_setting(
+        mut self,
+        set: impl FnOnce(
+            &mut Option<u16>,
+            &mut Option<String>,
+            &mut Option<PathBuf>,
+            &mut Vec<(String, String)>,
+        ),
+        what: &str,
+    ) -> Launcher {
         match &mut self.kind {
             Kind::Ssh {
                 port,
@@ -219,12 +229,14 @@ impl Launcher {
         self
     }
 
-    /// Copies this program to the far side before running it (default `false`): to
-    /// `${XDG_CACHE_HOME:-$HOME/.cache}/multiprocess/ID/NAME` there, where `ID` is
-    /// derived from its build identity, unless a copy is already there. The check costs
-    /// one more connection per spawn (an ssh `ControlMaster` option makes that cheap);
-    /// the copy happens once per host and build. The far side needs `sh`, `cat`,
-    /// `mkdir`, `chmod` and `mv`.
+    /// Copies this program to the far side when it is not there yet (default `false`):
+    /// to `${XDG_CACHE_HOME:-$HOME/.cache}/multiprocess/ID/NAME` there, where `ID` is
+    /// derived from its build identity. The far side's shell looks for the copy as it
+    /// starts it, so a spawn costs one connection once the copy is there; the first
+    /// spawn on a host takes three (the try, the copy, the run). The far side needs
+    /// `sh`, `cat`, `mkdir`, `chmod` and `mv`; a copy that is another build (a
+    /// tampered or colliding file) is refused like any other, as
+    /// [`Error::BuildMismatch`].
     ///
     /// ```
     /// let ssh = multiprocess::Launcher::ssh("node7").ship_executable(true);
@@ -320,7 +332,10 @@ impl Launcher {
     /// The words that run the agent on the far side.
     fn agent_words(&self, identity: &str) -> Result<Vec<OsString>> {
         if self.ship {
-            let run = format!("exec \"$d/{}\" {MARKER}", cached_name(self.local_exe()?));
+            let run = format!(
+                "p=\"$d/{}\"; test -x \"$p\" || exit {NOT_SHIPPED}; exec \"$p\" {MARKER}",
+                cached_name(self.local_exe()?)
+            );
             return Ok(sh(format!("{}; {run}", cache_dir(identity))));
         }
         let exe = match &self.executable {
@@ -440,7 +455,9 @@ mod tests {
 
     #[test]
     fn ssh_quotes_the_remote_command_as_one_string() {
-        let argv = Launcher::ssh("h").port(22).wrap(vec!["/a b/c".into(), "it's".into()]);
+        let argv = Launcher::ssh("h")
+            .port(22)
+            .wrap(vec!["/a b/c".into(), "it's".into()]);
         assert_eq!(argv.last().unwrap(), "'/a b/c' 'it'\\''s'");
         assert!(argv.windows(2).any(|w| w[0] == "-p" && w[1] == "22"));
     }

@@ -18,7 +18,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde::{Deserialize, Serialize};
 
 use super::Launcher;
-use super::envelope::{Envelope, Inbox, Job, Outbox, Read, RemoteExit, set_nonblocking, write_some};
+use super::envelope::{
+    Envelope, Inbox, Job, Outbox, Read, RemoteExit, set_nonblocking, write_some,
+};
 use super::wait::{Watched, poll_fds};
 use crate::ipc::SocketFd;
 use crate::ipc::wire;
@@ -66,6 +68,9 @@ const FORWARDED: [Signal; 7] = [
 /// stream closed, before it is killed.
 const LAUNCHER_GRACE: Duration = Duration::from_secs(10);
 
+/// The exit code of the far side's shell when the shipped copy is not there yet.
+pub(super) const NOT_SHIPPED: i32 = 97;
+
 /// How the remote run ended.
 enum End {
     Exited(RemoteExit),
@@ -73,7 +78,10 @@ enum End {
     Lost(String),
     /// Lost as the stream closed: the launcher is exiting, with a status worth telling.
     Closed(String),
-    Mismatch { host: String, theirs: Vec<u8> },
+    Mismatch {
+        host: String,
+        theirs: Vec<u8>,
+    },
     /// A forwarded signal arrived before the agent could take it: the proxy dies by it.
     Signaled(i32),
 }
@@ -96,6 +104,8 @@ pub(super) fn run(control: Control) -> i32 {
         frames: Vec::new(),
         signals,
         spawned: None,
+        ended: None,
+        heard: false,
     };
     let end = proxy.run(job.job);
     proxy.finish(end)
@@ -127,27 +137,53 @@ struct Proxy {
     signals: SignalFd,
     /// The launcher and our end of its stdio.
     spawned: Option<(Spawned, OwnedFd)>,
+    /// A launcher already reaped: its status, if it exited by itself, and its name.
+    ended: Option<(Option<ExitStatus>, String)>,
+    /// Whether any byte came from the far side.
+    heard: bool,
 }
 
 impl Proxy {
     fn run(&mut self, job: Job) -> End {
         let identity = cache_key();
         let deadline = Instant::now() + self.launcher.connect_limit();
-        if self.launcher.ships() {
-            if let Err(end) = self.ship(&identity, deadline) {
-                return end;
-            }
-        }
         let argv = match self.launcher.agent_command(&identity) {
             Ok(argv) => argv,
             Err(err) => return End::Lost(err.to_string()),
         };
-        match start_launcher(&argv, self.launcher.launcher_env(), None) {
-            Ok((spawned, Some(stream))) => self.spawned = Some((spawned, stream)),
-            Ok((_, None)) => unreachable!("a stream was asked for"),
-            Err(err) => return End::Lost(err),
+        let mut job = Some(job);
+        if let Err(end) = self.launch(&argv) {
+            return end;
         }
-        self.relay(job, deadline)
+        let end = self.relay(&mut job, deadline);
+        if !self.launcher.ships() || self.heard || !matches!(end, End::Closed(_)) {
+            return end;
+        }
+        // Without a copy there, the far side says so by its exit code: ship, run again.
+        let (spawned, _) = self.spawned.take().expect("the launcher ran");
+        let status = end_launcher(&spawned, LAUNCHER_GRACE);
+        if status.and_then(|s| s.code()) != Some(NOT_SHIPPED) {
+            self.ended = Some((status, spawned.program));
+            return end;
+        }
+        if let Err(end) = self.ship(&identity, deadline) {
+            return end;
+        }
+        if let Err(end) = self.launch(&argv) {
+            return end;
+        }
+        self.relay(&mut job, deadline)
+    }
+
+    fn launch(&mut self, argv: &[std::ffi::OsString]) -> Result<(), End> {
+        match start_launcher(argv, self.launcher.launcher_env(), None) {
+            Ok((spawned, Some(stream))) => {
+                self.spawned = Some((spawned, stream));
+                Ok(())
+            }
+            Ok((_, None)) => unreachable!("a stream was asked for"),
+            Err(err) => Err(End::Lost(err)),
+        }
     }
 
     /// Copies this program to the far side unless it is there already.
@@ -157,7 +193,8 @@ impl Proxy {
             .ship_command(identity)
             .map_err(|err| End::Lost(err.to_string()))?;
         let exe = File::open("/proc/self/exe").map_err(|err| End::Lost(err.to_string()))?;
-        let (shipper, _) = start_launcher(&argv, self.launcher.launcher_env(), Some(exe)).map_err(End::Lost)?;
+        let (shipper, _) =
+            start_launcher(&argv, self.launcher.launcher_env(), Some(exe)).map_err(End::Lost)?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let mut watched = [
@@ -202,10 +239,9 @@ impl Proxy {
     }
 
     /// Talks with the agent until the remote child exits or the connection is lost.
-    fn relay(&mut self, job: Job, deadline: Instant) -> End {
+    fn relay(&mut self, job: &mut Option<Job>, deadline: Instant) -> End {
         let heartbeat = self.launcher.heartbeat_interval();
         let silence = heartbeat * 4;
-        let mut job = Some(job);
         let mut inbox = Inbox::expecting_greeting();
         let mut outbox = Outbox::default();
         let mut connected = false;
@@ -300,6 +336,7 @@ impl Proxy {
                     Ok(Read::Closed) => closed = true,
                     Err(err) => return End::Lost(format!("reading the stream failed: {err}")),
                 }
+                self.heard |= !inbox.untouched();
             }
             if ready[1] {
                 if let Some(signal) = self.take_signal() {
@@ -351,10 +388,10 @@ impl Proxy {
             End::Exited(_) | End::Closed(_) => LAUNCHER_GRACE,
             _ => Duration::ZERO,
         };
-        let launcher_status = self
-            .spawned
-            .take()
-            .map(|(s, _)| (end_launcher(&s, grace), s.program));
+        let launcher_status = match self.spawned.take() {
+            Some((spawned, _)) => Some((end_launcher(&spawned, grace), spawned.program)),
+            None => self.ended.take(),
+        };
         let outcome = match end {
             End::Exited(exit) => {
                 self.deliver(None);
@@ -405,7 +442,9 @@ fn start_launcher(
     let program = argv[0].to_string_lossy().into_owned();
     let fail = |err: std::io::Error| format!("cannot start `{program}`: {err}");
     let mut command = std::process::Command::new(&argv[0]);
-    command.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+    command
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let ours = match stdin {
         Some(file) => {
             command.stdin(file).stdout(Stdio::null());

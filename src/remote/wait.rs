@@ -30,7 +30,10 @@ impl<'a> Watched<'a> {
 
 /// Waits until one of `watched` is ready (or hung up, or in error) or `timeout` passes
 /// (`None`: no limit); says which are ready. An interrupted wait reports none ready.
-pub(super) fn poll_fds(watched: &mut [Watched<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+pub(super) fn poll_fds(
+    watched: &mut [Watched<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
     let mut fds: Vec<PollFd<'_>> = watched.iter().map(|w| PollFd::new(w.fd, w.flags)).collect();
     let timeout = match timeout {
         None => PollTimeout::NONE,
