@@ -489,3 +489,39 @@ async fn hostile_peers_before_tls_do_not_hold_up_a_good_client() {
     drop((server, client, listener));
     leaks.finish().await;
 }
+
+/// A peer that floods well-formed TLS records (one huge client hello and more) before
+/// authenticating is cut off: the listener stops reading and serves others.
+#[tokio::test]
+async fn a_flood_before_authentication_is_cut_off() {
+    let leaks = common::LeakCheck::start().await;
+    let (pki, key) = (Pki::new(), AuthKey::random().unwrap());
+    let listener = tls_listener(&pki, &key).await;
+    let addr = tcp_address(&listener);
+    let flood = tokio::task::spawn_blocking(move || {
+        let mut peer = TcpStream::connect(addr).unwrap();
+        peer.set_write_timeout(Some(LIMIT)).unwrap();
+        // Handshake records of 16 KiB; the first opens a client hello of 65,520 bytes.
+        let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        record.extend_from_slice(&[0x01, 0x00, 0xff, 0xf0]);
+        record.resize(5 + (16 << 10), 0x42);
+        let mut sent = 0usize;
+        for _ in 0..16 << 10 {
+            match peer.write_all(&record) {
+                Ok(()) => sent += record.len(),
+                Err(e) => return (sent, e.kind()),
+            }
+        }
+        (sent, ErrorKind::Other)
+    });
+    let (sent, error) = flood.await.unwrap();
+    assert!(
+        matches!(error, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "the flood was cut off by the listener, not {error:?} after {sent} bytes"
+    );
+    assert!(sent < 64 << 20, "the listener swallowed {sent} bytes");
+    assert_eq!(listener.rejected(), 1);
+    round_trip_with_child(&listener, &key, &pki).await;
+    drop(listener);
+    leaks.finish().await;
+}

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -37,6 +37,8 @@ use crate::error::{Error, Result};
 /// TLS handshake (a client hello is a few hundred bytes; a client certificate chain, if
 /// the server configuration asks for one, a few KiB) and the authkey handshake.
 pub(crate) const MAX_PREAUTH_TLS_READ: usize = 64 << 10;
+/// Each direction of a relay reads up to this much at a time.
+const RELAY_BUFFER: usize = 64 << 10;
 /// How long a relay whose local end has closed tries to tell the peer with a TLS
 /// `close_notify` before it closes the connection anyway.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -194,16 +196,19 @@ async fn relay<T>(tls: T, local: UnixStream)
 where
     T: AsyncRead + AsyncWrite + Send,
 {
-    let (mut tls_in, mut tls_out) = tokio::io::split(tls);
-    let (mut local_in, mut local_out) = local.into_split();
+    let (tls_in, mut tls_out) = tokio::io::split(tls);
+    let (local_in, mut local_out) = local.into_split();
+    // Large buffers: a frame crosses in few reads and writes, and in full TLS records.
+    let mut tls_in = BufReader::with_capacity(RELAY_BUFFER, tls_in);
+    let mut local_in = BufReader::with_capacity(RELAY_BUFFER, local_in);
     let outbound = async {
-        if tokio::io::copy(&mut local_in, &mut tls_out).await.is_ok() {
+        if tokio::io::copy_buf(&mut local_in, &mut tls_out).await.is_ok() {
             // The connection was dropped: tell the peer it is the end, not a cut.
             let _ = tokio::time::timeout(CLOSE_LIMIT, tls_out.shutdown()).await;
         }
     };
     let inbound = async {
-        let _ = tokio::io::copy(&mut tls_in, &mut local_out).await;
+        let _ = tokio::io::copy_buf(&mut tls_in, &mut local_out).await;
     };
     tokio::select! {
         () = outbound => {}
