@@ -525,3 +525,51 @@ async fn a_flood_before_authentication_is_cut_off() {
     drop(listener);
     leaks.finish().await;
 }
+
+/// A server that never greets: connecting inside TLS ends at the client's time limit,
+/// async or blocking (whose thread ends with it), and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_a_timeout_async_and_blocking() {
+    let leaks = common::LeakCheck::start().await;
+    let pki = Pki::new();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = Address::Tcp(silent.local_addr().unwrap());
+    let limit = Duration::from_millis(300);
+    let client = Client::new(address, "k")
+        .tls(trusting(&pki.ca), "localhost")
+        .timeout(limit);
+    let waited = client.connect::<(), ()>().await;
+    assert!(
+        matches!(waited, Err(Error::Timeout { after }) if after == limit),
+        "{waited:?}"
+    );
+    let blocking = tokio::task::spawn_blocking(move || client.connect_blocking::<(), ()>());
+    let waited = blocking.await.unwrap();
+    assert!(
+        matches!(waited, Err(Error::Timeout { after }) if after == limit),
+        "{waited:?}"
+    );
+    drop(silent);
+    leaks.finish().await;
+}
+
+/// TLS works over a Unix socket too.
+#[tokio::test]
+async fn a_child_connects_back_inside_tls_over_a_unix_socket() {
+    let leaks = common::LeakCheck::start().await;
+    let (pki, key) = (Pki::new(), AuthKey::random().unwrap());
+    let dir = std::env::temp_dir().join(format!("mp-listener-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = Listener::builder()
+        .address(Address::Unix(dir.join("tls.sock")))
+        .authkey(&key)
+        .tls(pki.server.clone())
+        .handshake_timeout(LIMIT)
+        .bind()
+        .await
+        .unwrap();
+    round_trip_with_child(&listener, &key, &pki).await;
+    drop(listener);
+    std::fs::remove_dir_all(&dir).unwrap();
+    leaks.finish().await;
+}

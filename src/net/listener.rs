@@ -35,8 +35,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// out by [`accept`](Listener::accept).
 ///
 /// Handshakes run concurrently in the background, each bounded in time (5 s by
-/// default) and reading at most a few dozen bytes, so a silent, slow or hostile peer
-/// holds neither the listener nor anyone else's connection. Unlike Python's `accept`,
+/// default) and reading at most a few dozen bytes (64 KiB with TLS, the `tls`
+/// feature), so a silent, slow or hostile peer holds neither the listener nor anyone
+/// else's connection. Unlike Python's `accept`,
 /// which raises `AuthenticationError` for a peer that fails, `accept` here only ever
 /// returns authenticated connections: one bad peer cannot break a server's accept loop.
 /// Peers turned away are counted by [`rejected`](Listener::rejected) and logged at
