@@ -83,3 +83,8 @@ pub fn control(data: &[u8]) {
     let _ = wire::decode_payload::<crate::start::protocol::Outcome<Sample>>(data, Vec::new());
     crate::pool::fuzz_decode(data);
 }
+
+/// The envelopes between a remote child's agent and its local stand-in.
+pub fn envelope(data: &[u8]) {
+    crate::remote::fuzz_envelopes(data);
+}

@@ -216,6 +216,12 @@ impl Inbox {
         envelope.map(Some)
     }
 
+    /// Adds bytes as if they had been read (fuzzing and tests).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Whether nothing at all has arrived yet.
     pub(super) fn untouched(&self) -> bool {
         !self.greeted && self.buf.is_empty()
@@ -303,7 +309,7 @@ mod tests {
             true => Inbox::expecting_greeting(),
             false => Inbox::plain(),
         };
-        inbox.buf = bytes.to_vec();
+        inbox.feed(bytes);
         let mut out = Vec::new();
         while let Some(envelope) = inbox.next()? {
             out.push(envelope);

@@ -75,6 +75,22 @@ pub(crate) fn spawn<A: Serialize>(
     Ok((spawned, handle_options))
 }
 
+/// The envelope reader on `data` arriving in small pieces, as the proxy reads the
+/// agent (after its greeting) and as the agent reads the proxy.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_envelopes(data: &[u8]) {
+    for greeting in [true, false] {
+        let mut inbox = match greeting {
+            true => envelope::Inbox::expecting_greeting(),
+            false => envelope::Inbox::plain(),
+        };
+        for piece in data.chunks(7) {
+            inbox.feed(piece);
+            while let Ok(Some(_)) = inbox.next() {}
+        }
+    }
+}
+
 /// The remote child's first two control frames: what to run, and the argument.
 fn control_frames<A: Serialize>(
     options: &Options,
