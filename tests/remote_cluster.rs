@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::cluster::{Slurm, Sshd};
+use common::cluster::{NetnsHost, Slurm, Sshd};
 use multiprocess::{Error, Launcher, Process};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -344,6 +344,55 @@ async fn over_srun_results_signals_and_kill() {
     child.kill().unwrap();
     assert!(child.join_timeout(LONG).await.is_err());
     common::eventually("nothing left in the job step", || {
+        remote.iter().all(|p| !alive(*p))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_a_network_that_falls_silent_both_sides_give_up() {
+    let test = "over_a_network_that_falls_silent_both_sides_give_up";
+    let Some(host) = tokio::task::spawn_blocking(move || NetnsHost::start_or_skip(test))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let ssh =
+        Process::builder().launcher(ssh_to(host.sshd()).heartbeat(Duration::from_millis(250)));
+    // Over real TCP to the other namespace first, to see the path works.
+    assert_eq!(
+        ssh.spawn(double, 4)
+            .unwrap()
+            .join_timeout(LONG)
+            .await
+            .unwrap(),
+        8
+    );
+
+    let dir = tmp("silent-network");
+    let ready = dir.join("ready");
+    let mut child = ssh.spawn(ready_then_forever, ready.clone()).unwrap();
+    common::eventually("the remote child runs", || ready.exists()).await;
+    let remote = ours_among(&host.sshd().pids());
+    assert_eq!(remote.len(), 2, "the agent and its child: {remote:?}");
+    // The other host's link goes down: no byte and no reset either way from now on.
+    let down = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", host.namespace().display()))
+        .args(["ip", "link", "set", "eth0", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let err = child.join_timeout(LONG).await.unwrap_err();
+    match &err {
+        Error::ConnectionLost { host: name, reason } => {
+            assert!(name.contains(&host.address().to_string()), "{name}");
+            assert!(reason.contains("nothing heard"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // On the far side, the agent heard nothing either: it killed the child and left.
+    common::eventually("nothing left on the far side", || {
         remote.iter().all(|p| !alive(*p))
     })
     .await;
