@@ -573,3 +573,44 @@ async fn a_child_connects_back_inside_tls_over_a_unix_socket() {
     std::fs::remove_dir_all(&dir).unwrap();
     leaks.finish().await;
 }
+
+/// A connection dropped while its relay is stuck writing to a peer that reads nothing
+/// (here a child stopped by SIGSTOP) still ends the relay, and closes the socket to
+/// the peer: it does not wait for a peer that may never read again.
+#[tokio::test]
+async fn a_connection_dropped_while_the_peer_reads_nothing_ends_its_relay() {
+    let leaks = common::LeakCheck::start().await;
+    let (pki, key) = (Pki::new(), AuthKey::random().unwrap());
+    let listener = tls_listener(&pki, &key).await;
+    let mut child = spawn_process(doubler, route(&listener, &key, &pki)).unwrap();
+    let mut conn = listener.accept::<Vec<u8>, u64>().await.unwrap();
+    child.signal(multiprocess::Signal::SIGSTOP).unwrap();
+    // The stopped child reads nothing: sooner or later every buffer on the way is full
+    // and a send waits for good (taken as 2 s without progress), the relay stuck in a
+    // write to the peer.
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut stuck = false;
+    for _ in 0..4096 {
+        let sent = tokio::time::timeout(Duration::from_secs(2), conn.send(chunk.clone())).await;
+        match sent {
+            Ok(sent) => sent.unwrap(),
+            Err(_) => {
+                stuck = true;
+                break;
+            }
+        }
+    }
+    assert!(stuck, "256 MiB went to a stopped process");
+    // The connection, the relay's end of the pair and the TCP socket.
+    let open = common::fd_count();
+    drop(conn);
+    common::eventually("the relay ends and closes its sockets", || {
+        common::fd_count() + 3 <= open
+    })
+    .await;
+    child.kill().unwrap();
+    let killed = child.join_timeout(LIMIT).await;
+    assert!(matches!(killed, Err(Error::Signaled { .. })), "{killed:?}");
+    drop(listener);
+    leaks.finish().await;
+}

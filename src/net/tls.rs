@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -39,6 +41,9 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_PREAUTH_TLS_READ: usize = 64 << 10;
 /// Each direction of a relay reads up to this much at a time.
 const RELAY_BUFFER: usize = 64 << 10;
+/// How often a relay stuck writing to a peer that takes nothing checks whether its
+/// connection was dropped meanwhile.
+const HANG_UP_CHECK: Duration = Duration::from_millis(500);
 /// How long a relay whose local end has closed tries to tell the peer with a TLS
 /// `close_notify` before it closes the connection anyway.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -196,16 +201,36 @@ async fn relay<T>(tls: T, local: UnixStream)
 where
     T: AsyncRead + AsyncWrite + Send,
 {
+    // Watches for the connection being dropped while the peer takes nothing.
+    let Ok(watch) = local.as_fd().try_clone_to_owned() else {
+        return;
+    };
     let (tls_in, mut tls_out) = tokio::io::split(tls);
     let (local_in, mut local_out) = local.into_split();
     // Large buffers: a frame crosses in few reads and writes, and in full TLS records.
     let mut tls_in = BufReader::with_capacity(RELAY_BUFFER, tls_in);
     let mut local_in = BufReader::with_capacity(RELAY_BUFFER, local_in);
     let outbound = async {
-        if tokio::io::copy_buf(&mut local_in, &mut tls_out).await.is_ok() {
-            // The connection was dropped: tell the peer it is the end, not a cut.
-            let _ = tokio::time::timeout(CLOSE_LIMIT, tls_out.shutdown()).await;
+        loop {
+            let chunk = match local_in.fill_buf().await {
+                Ok([]) => break,
+                Ok(chunk) => chunk,
+                Err(_) => return,
+            };
+            let n = chunk.len();
+            let sent = async {
+                tls_out.write_all(chunk).await?;
+                tls_out.flush().await
+            };
+            tokio::select! {
+                biased;
+                sent = sent => if sent.is_err() { return },
+                () = hung_up(&watch) => return,
+            }
+            local_in.consume(n);
         }
+        // The connection was dropped: tell the peer it is the end, not a cut.
+        let _ = tokio::time::timeout(CLOSE_LIMIT, tls_out.shutdown()).await;
     };
     let inbound = async {
         let _ = tokio::io::copy_buf(&mut tls_in, &mut local_out).await;
@@ -213,6 +238,23 @@ where
     tokio::select! {
         () = outbound => {}
         () = inbound => {}
+    }
+}
+
+/// Completes once the connection's end of the pair is closed, checked every
+/// [`HANG_UP_CHECK`]: for a relay stuck writing to a peer that reads nothing, which
+/// would otherwise never read on and see the end.
+async fn hung_up(watch: &OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        tokio::time::sleep(HANG_UP_CHECK).await;
+        // POLLHUP is reported whatever is asked for, once both directions are shut.
+        let mut fds = [PollFd::new(watch.as_fd(), PollFlags::empty())];
+        let closed = poll(&mut fds, PollTimeout::ZERO).is_ok()
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP));
+        if closed {
+            return;
+        }
     }
 }
 
