@@ -339,6 +339,23 @@ async fn a_silent_parent_side_makes_the_agent_kill_its_child() {
 }
 
 #[tokio::test]
+async fn a_job_slow_to_arrive_is_not_taken_for_a_silent_agent() {
+    let leaks = common::LeakCheck::start().await;
+    // The agent's input is held back for a while, as over a slow link: it must keep
+    // the heartbeat going before it has its job (and so knows the heartbeat asked).
+    let slow = Launcher::command("sh", ["-c", "(sleep 2; exec cat) | \"$@\"", "sh"])
+        .heartbeat(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let mut child = Process::builder().launcher(slow).spawn(double, 8).unwrap();
+    assert_eq!(child.join_timeout(LONG).await.unwrap(), 16);
+    assert!(
+        started.elapsed() < Duration::from_secs(2) * 5,
+        "waited for the relay"
+    );
+    leaks.finish().await;
+}
+
+#[tokio::test]
 async fn printing_to_stdout_does_not_corrupt_the_stream() {
     let leaks = common::LeakCheck::start().await;
     let mut child = builder().spawn(prints_then_returns, 20).unwrap();

@@ -15,6 +15,10 @@ fn double(x: u64) -> u64 {
     x * 2
 }
 
+fn shout(s: String) -> String {
+    s.to_uppercase()
+}
+
 fn panics(message: String) {
     panic!("{message}");
 }
@@ -143,6 +147,15 @@ async fn over_ssh_results_panics_and_exit_codes_come_back() {
         .await
         .unwrap();
     assert_eq!(got, 20);
+    // Large both ways: the argument and the result cross sshd's pipes in pieces.
+    let big = "x".repeat(8 << 20);
+    let got = ssh
+        .spawn(shout, big.clone())
+        .unwrap()
+        .join_timeout(LONG)
+        .await
+        .unwrap();
+    assert_eq!(got, big.to_uppercase());
 }
 
 #[tokio::test]

@@ -27,8 +27,13 @@ use crate::sys;
 /// The argument that makes this program an agent.
 pub(crate) const MARKER: &str = "__multiprocess_agent__";
 
-/// How long the agent waits for its job before giving up.
+/// How long the agent waits for (the next bytes of) its job before giving up.
 const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+/// The heartbeat until the job has arrived, when the agent does not know the proxy's
+/// yet: the job follows the greeting at once, so this lasts as long as its transfer,
+/// and is short enough for the shortest heartbeat a launcher can have.
+const FIRST_HEARTBEAT: Duration = Duration::from_millis(10);
 
 /// Exit codes of the agent itself; the proxy reads the envelope, not these.
 const EXIT_LOST: i32 = 3;
@@ -60,7 +65,10 @@ fn invoked_as_agent() -> bool {
     args.next() == Some(MARKER.as_bytes()) && matches!(args.next(), None | Some(b""))
 }
 
-/// The agent's two ends of the stream: its former stdin and stdout.
+/// The agent's two ends of the stream: its former stdin and stdout. They stay in
+/// blocking mode, as their open file descriptions may be shared with processes of the
+/// launcher (a relay reading the same socket, a shell): the agent reads and writes them
+/// only when `poll` says it can, once per wakeup (see `envelope`).
 struct Stream {
     input: OwnedFd,
     output: OwnedFd,
@@ -72,8 +80,6 @@ fn take_stdio() -> std::io::Result<Stream> {
     sys::stdin_from_dev_null()?;
     // Prints (ours, a library's, the function's) go to standard error from now on.
     sys::dup2_inheritable(2, 1)?;
-    set_nonblocking(input.as_fd())?;
-    set_nonblocking(output.as_fd())?;
     Ok(Stream { input, output })
 }
 
@@ -238,7 +244,7 @@ impl Link {
             last_heard: Instant::now(),
             last_sent: Instant::now(),
             silence_limit,
-            heartbeat: silence_limit,
+            heartbeat: FIRST_HEARTBEAT,
         }
     }
 

@@ -11,7 +11,7 @@
 //! script's banner, a program that is not ours) is recognised at once and shown.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,18 @@ pub(super) enum Envelope {
 }
 
 impl Envelope {
+    /// What kind of envelope it is, for messages.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Envelope::Hello(_) => "hello",
+            Envelope::Job(_) => "job",
+            Envelope::Data(_) => "data",
+            Envelope::Heartbeat => "heartbeat",
+            Envelope::Signal(_) => "signal",
+            Envelope::Exit(_) => "exit",
+        }
+    }
+
     /// Appends the envelope's bytes to `out`.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         let (tag, payload) = match self {
@@ -158,19 +170,24 @@ impl Inbox {
         }
     }
 
-    /// Reads what `fd` has now (it must be non-blocking).
+    /// Reads what `fd` has now, without waiting: a socket until it has nothing more
+    /// (whatever its mode), anything else once (call it when `poll` says readable).
     pub(super) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<Read> {
         let mut chunk = [0u8; 64 << 10];
         loop {
-            match nix::unistd::read(fd.as_fd(), &mut chunk) {
-                Ok(0) => {
+            match read_some(fd, &mut chunk) {
+                Ok((0, _)) => {
                     self.closed = true;
                     return Ok(Read::Closed);
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(nix::errno::Errno::EAGAIN) => return Ok(Read::Drained),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err.into()),
+                Ok((n, again)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if !again {
+                        return Ok(Read::Drained);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Drained),
+                Err(err) => return Err(err),
             }
         }
     }
@@ -255,12 +272,17 @@ impl Outbox {
         !self.buf.is_empty()
     }
 
-    /// Writes what `fd` takes now (it must be non-blocking).
+    /// Writes what `fd` takes now without waiting: to a socket until it is full
+    /// (whatever its mode), to anything else once, at most `PIPE_BUF` bytes (call it
+    /// when `poll` says writable).
     pub(super) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         while !self.buf.is_empty() {
             match write_some(fd, &self.buf) {
-                Ok(n) => {
+                Ok((n, again)) => {
                     self.buf.drain(..n);
+                    if !again {
+                        return Ok(());
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(err) => return Err(err),
@@ -270,22 +292,45 @@ impl Outbox {
     }
 }
 
-/// One non-blocking write, without `SIGPIPE` on a socket.
-pub(super) fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
-    use nix::sys::socket::{MsgFlags, send};
+/// One read that does not wait on a socket in any mode (`MSG_DONTWAIT`), or one plain
+/// read of anything else; the flag says whether reading again cannot block.
+pub(super) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    use nix::sys::socket::{MsgFlags, recv};
     use std::os::fd::AsRawFd;
     loop {
-        let sent = match send(
-            fd.as_raw_fd(),
-            bytes,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        ) {
-            // Not a socket (a pipe from sshd): a plain write; SIGPIPE is ignored here.
-            Err(nix::errno::Errno::ENOTSOCK) => nix::unistd::write(fd, bytes),
-            other => other,
+        let read = match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => Ok((n, true)),
+            Err(nix::errno::Errno::ENOTSOCK) => nix::unistd::read(fd, buf).map(|n| (n, false)),
+            Err(err) => Err(err),
+        };
+        match read {
+            Ok(read) => return Ok(read),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// One write that does not wait on a socket in any mode (`MSG_DONTWAIT`, no
+/// `SIGPIPE`), or one write of at most `PIPE_BUF` bytes to anything else, which a
+/// writable pipe takes without blocking; the flag says whether writing again cannot
+/// block.
+pub(super) fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<(usize, bool)> {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    loop {
+        let sent = match send(fd.as_raw_fd(), bytes, flags) {
+            Ok(n) => Ok((n, true)),
+            // SIGPIPE is ignored in the processes that get here.
+            Err(nix::errno::Errno::ENOTSOCK) => {
+                nix::unistd::write(fd, &bytes[..bytes.len().min(libc::PIPE_BUF)])
+                    .map(|n| (n, false))
+            }
+            Err(err) => Err(err),
         };
         match sent {
-            Ok(n) => return Ok(n),
+            Ok(sent) => return Ok(sent),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => return Err(err.into()),
         }

@@ -160,7 +160,8 @@ impl Proxy {
             return end;
         }
         // Without a copy there, the far side says so by its exit code: ship, run again.
-        let (spawned, _) = self.spawned.take().expect("the launcher ran");
+        let (spawned, stream) = self.spawned.take().expect("the launcher ran");
+        drop(stream);
         let status = end_launcher(&spawned, LAUNCHER_GRACE);
         if status.and_then(|s| s.code()) != Some(NOT_SHIPPED) {
             self.ended = Some((status, spawned.program));
@@ -276,7 +277,10 @@ impl Proxy {
                     (Envelope::Exit(exit), true) => return End::Exited(exit),
                     (Envelope::Heartbeat, true) => {}
                     (other, _) => {
-                        return End::Lost(format!("the agent sent an unexpected {other:?}"));
+                        return End::Lost(format!(
+                            "the agent sent an unexpected {} message",
+                            other.kind()
+                        ));
                     }
                 }
             }
@@ -371,7 +375,7 @@ impl Proxy {
     fn flush_to_parent(&mut self) -> std::io::Result<()> {
         while !self.to_parent.is_empty() {
             match write_some(self.parent.fd(), &self.to_parent) {
-                Ok(n) => {
+                Ok((n, _)) => {
                     self.to_parent.drain(..n);
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -389,7 +393,11 @@ impl Proxy {
             _ => Duration::ZERO,
         };
         let launcher_status = match self.spawned.take() {
-            Some((spawned, _)) => Some((end_launcher(&spawned, grace), spawned.program)),
+            Some((spawned, stream)) => {
+                // Closed first: a launcher (or a relay in it) may wait for its end.
+                drop(stream);
+                Some((end_launcher(&spawned, grace), spawned.program))
+            }
             None => self.ended.take(),
         };
         let outcome = match end {
