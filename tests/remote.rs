@@ -299,7 +299,13 @@ async fn a_silent_agent_is_given_up() {
         .unwrap();
     wait_for_file(&ready).await;
     let below = descendants(child.pid());
-    let agent = *below.iter().min().unwrap();
+    // The `env` launcher became the agent: the stand-in's only child.
+    let stand_in = child.pid();
+    let agent: u32 = std::fs::read_to_string(format!("/proc/{stand_in}/task/{stand_in}/children"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent as i32),
         nix::sys::signal::Signal::SIGSTOP,

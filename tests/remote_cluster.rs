@@ -216,18 +216,15 @@ async fn over_ssh_a_killed_ssh_ends_the_remote_child() {
     common::eventually("the remote child runs", || ready.exists()).await;
     let remote = ours_among(&sshd.pids());
     assert_eq!(remote.len(), 2, "{remote:?}");
-    let ssh: Vec<u32> = common::children()
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .flat_map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .filter(|p| comm(*p) == "ssh")
-        .collect();
+    // The launcher is a child of the handle's local stand-in.
+    let stand_in = child.pid();
+    let ssh: Vec<u32> =
+        std::fs::read_to_string(format!("/proc/{stand_in}/task/{stand_in}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|p| comm(*p) == "ssh")
+            .collect();
     assert_eq!(ssh.len(), 1, "{ssh:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(ssh[0] as i32),
