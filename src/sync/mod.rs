@@ -25,8 +25,10 @@ pub(crate) use lock::LOCK_BYTES;
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 
-pub(crate) use wait::{Attempt, Patience, RoomWatch, Wait, drive, drive_blocking};
 pub(crate) use notifier::{
-    Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, Step, deadline_after, is_alive, passed, token,
-    waited_forever, watch_owner, within,
+    Counted, NOTIFIER_BYTES, Notifier, OwnerWatch, is_alive, token, watch_owner,
+};
+pub(crate) use wait::{
+    Attempt, Patience, RoomWatch, Step, Wait, deadline_after, drive, drive_blocking, passed,
+    waited_forever, within,
 };

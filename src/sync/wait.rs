@@ -11,12 +11,13 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::notifier::{Notifier, OwnerWatch, passed};
+use super::notifier::{Counted, Notifier, OwnerWatch};
 use crate::error::{Error, Result};
 use crate::ipc::SocketFd;
 use crate::sys;
@@ -61,6 +62,17 @@ impl Wait<'_> {
     fn bounded(&self) -> bool {
         matches!(self, Wait::Notified { .. })
     }
+}
+
+/// What one attempt at a wait on a single notifier found; [`Notifier::attempt`] makes
+/// it an [`Attempt`] of the waiting layer.
+pub(crate) enum Step<T> {
+    /// Done.
+    Ready(T),
+    /// The state changed under the attempt (a dead owner was recovered): try again.
+    Again,
+    /// Wait for a notification, or for one of these owners to die.
+    Wait(Vec<OwnerWatch>),
 }
 
 /// How long a driver lets an operation wait.
@@ -267,4 +279,93 @@ impl RoomWatch {
             guard.clear_ready();
         }
     }
+}
+
+/// Waits on one notifier alone, as operations of the waiting layer.
+impl Notifier {
+    /// One attempt of a wait on this notifier alone: observes the sequence number,
+    /// runs `step`, and turns what it says into an [`Attempt`] for either driver.
+    /// `waiters`, if given, counts this waiter (in `counted`, which the operation keeps)
+    /// from the first time it must wait until the operation ends, so that whoever
+    /// changes the state can skip notifying when nobody waits; once counted it looks
+    /// again before it waits.
+    pub(crate) fn attempt<'a, T>(
+        &'a self,
+        waiters: Option<&'a AtomicU32>,
+        counted: &mut Option<Counted<'a>>,
+        step: impl FnOnce() -> Result<Step<T>>,
+    ) -> Result<Attempt<'a, T>> {
+        // The number is needed only by an attempt that may wait now: one already
+        // counted, or one that is never counted. An uncontended attempt spares the
+        // load (and the cache line other processes write).
+        let seen = (counted.is_some() || waiters.is_none()).then(|| self.observe());
+        Ok(match step()? {
+            Step::Ready(ready) => Attempt::Ready(ready),
+            Step::Again => Attempt::Again,
+            Step::Wait(owners) => match waiters {
+                Some(waiters) if counted.is_none() => {
+                    *counted = Some(Counted::new(waiters));
+                    Attempt::Again
+                }
+                _ => Attempt::Wait(Wait::Notified {
+                    notifier: self,
+                    seen: seen.unwrap_or_else(|| self.observe()),
+                    owners,
+                    until: None,
+                }),
+            },
+        })
+    }
+
+    /// Runs `step` on the async driver until it is ready; `Ok(None)` if `patience`
+    /// ran out first. See [`attempt`](Self::attempt) for `waiters`.
+    ///
+    /// Cancel safe as long as `step` is: between attempts nothing is held.
+    pub(crate) async fn drive<T>(
+        &self,
+        waiters: Option<&AtomicU32>,
+        patience: Patience,
+        mut step: impl FnMut() -> Result<Step<T>>,
+    ) -> Result<Option<T>> {
+        let waiters = waiters.filter(|_| !matches!(patience, Patience::Never));
+        let mut counted = None;
+        drive(patience, || self.attempt(waiters, &mut counted, &mut step)).await
+    }
+
+    /// [`drive`](Self::drive) on the blocking driver.
+    pub(crate) fn drive_blocking<T>(
+        &self,
+        waiters: Option<&AtomicU32>,
+        patience: Patience,
+        mut step: impl FnMut() -> Result<Step<T>>,
+    ) -> Result<Option<T>> {
+        let waiters = waiters.filter(|_| !matches!(patience, Patience::Never));
+        let mut counted = None;
+        drive_blocking(patience, || self.attempt(waiters, &mut counted, &mut step))
+    }
+}
+
+/// Whether `deadline` has passed (never, for no deadline).
+pub(crate) fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// The outcome of a wait without deadline, which cannot have timed out.
+pub(crate) fn waited_forever<T>(outcome: Option<T>) -> Result<T> {
+    within(outcome, Duration::MAX)
+}
+
+/// The outcome of a wait of at most `timeout`: `Error::Timeout` if it ran out.
+pub(crate) fn within<T>(outcome: Option<T>, timeout: Duration) -> Result<T> {
+    // Not `ok_or`: an `Error` built and dropped on every operation that did not time
+    // out costs more than the operation's atomics.
+    match outcome {
+        Some(done) => Ok(done),
+        None => Err(Error::Timeout { after: timeout }),
+    }
+}
+
+/// The deadline `timeout` from now; `None` (no deadline) if that is beyond any clock.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
