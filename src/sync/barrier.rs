@@ -917,8 +917,55 @@ impl Drop for Waiting<'_> {
             return;
         };
         let action_ok = matches!(self.action, ActionRun::Ran);
-        if let Ok(held) = self.barrier.enter_blocking() {
+        // The internal lock is held for a few instructions at a time, so the spin of
+        // `try_enter` almost always takes it. When it does not (its holder is
+        // descheduled, stopped, or died holding it), a dropped async wait must not
+        // block its runtime's thread: a task withdraws the party once it has the lock.
+        // Until then the party stays counted, as if it had been dropped a moment later.
+        if self.barrier.try_enter() {
+            let held = self.barrier.entered();
             self.barrier.withdraw(party, action_ok, &held);
+            return;
+        }
+        let withdrawal = Withdrawal {
+            barrier: self.barrier.clone(),
+            party: Some(party),
+            action_ok,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(withdrawal.run())),
+            // Outside a runtime: the drop withdraws it here, waiting for the lock.
+            Err(_) => drop(withdrawal),
+        }
+    }
+}
+
+/// The withdrawal of a dropped wait's party, for when the internal lock was not free.
+struct Withdrawal {
+    barrier: Barrier,
+    party: Option<Party>,
+    action_ok: bool,
+}
+
+impl Withdrawal {
+    async fn run(mut self) {
+        let barrier = &self.barrier;
+        let mut counted = None;
+        let entered = drive(Patience::FOREVER, || barrier.attempt_enter(&mut counted)).await;
+        // On an error the drop tries once more, blocking.
+        if let (Ok(Some(held)), Some(party)) = (entered, self.party.take()) {
+            barrier.withdraw(party, self.action_ok, &held);
+        }
+    }
+}
+
+impl Drop for Withdrawal {
+    fn drop(&mut self) {
+        // Not done by a task (no runtime, or the runtime is shutting down).
+        if let Some(party) = self.party.take() {
+            if let Ok(held) = self.barrier.enter_blocking() {
+                self.barrier.withdraw(party, self.action_ok, &held);
+            }
         }
     }
 }
@@ -951,5 +998,48 @@ impl<'de> Deserialize<'de> for Barrier {
                 action,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait dropped while the internal lock is held elsewhere (by a holder that is
+    /// descheduled or stopped; here, this test) does not wait for the lock on the
+    /// runtime's thread: the party is withdrawn by a task once the lock is free.
+    #[test]
+    fn a_dropped_wait_never_waits_for_the_internal_lock_on_a_runtime_thread() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let withdrawn = runtime.block_on(async {
+                let barrier = Barrier::new(2).unwrap();
+                let mut wait = Box::pin(barrier.wait());
+                assert!(futures::poll!(wait.as_mut()).is_pending());
+                assert_eq!(barrier.n_waiting(), 1);
+                let held = barrier.inner.guard.try_lock().unwrap().expect("the lock is free");
+                std::mem::forget(held);
+                drop(wait);
+                // Still counted: the task withdraws it once the lock is given back.
+                assert_eq!(barrier.n_waiting(), 1);
+                barrier.inner.guard.unlock();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while barrier.n_waiting() != 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                barrier.n_waiting() == 0 && barrier.is_broken()
+            });
+            let _ = done.send(withdrawn);
+        });
+        let withdrawn = outcome.recv_timeout(Duration::from_secs(60));
+        assert_eq!(
+            withdrawn,
+            Ok(true),
+            "the drop returned, and the dropped wait broke the barrier once the lock was free"
+        );
     }
 }
