@@ -15,6 +15,10 @@ fn double(x: u64) -> u64 {
     x * 2
 }
 
+fn slurm_job(_: ()) -> Option<String> {
+    std::env::var("SLURM_JOB_ID").ok()
+}
+
 fn shout(s: String) -> String {
     s.to_uppercase()
 }
@@ -406,4 +410,42 @@ async fn over_a_network_that_falls_silent_both_sides_give_up() {
         remote.iter().all(|p| !alive(*p))
     })
     .await;
+}
+
+#[tokio::test]
+async fn over_srun_inside_an_allocation() {
+    let slurm = start_slurm().await;
+    // An allocation with no shell, as `salloc` makes for a batch of steps.
+    let mut salloc = slurm.client("salloc");
+    salloc.args(["--no-shell", "-N1", "--job-name=mp-remote-test"]);
+    let out = tokio::task::spawn_blocking(move || {
+        common::cluster::output_within(&mut salloc, LONG).unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let job = said
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u32>().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no job id in {said:?}"));
+    let mut inside = Launcher::srun([format!("--jobid={job}"), "--overlap".to_string()]);
+    for (key, value) in slurm.env() {
+        inside = inside.env(key, value);
+    }
+    let got = Process::builder()
+        .launcher(inside)
+        .spawn(slurm_job, ())
+        .unwrap()
+        .join_timeout(LONG)
+        .await;
+    let mut scancel = slurm.client("scancel");
+    scancel.arg(job.to_string());
+    tokio::task::spawn_blocking(move || common::cluster::output_within(&mut scancel, LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    // The child ran as a step of that job.
+    assert_eq!(got.unwrap(), Some(job.to_string()));
 }

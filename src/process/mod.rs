@@ -170,7 +170,9 @@ impl<R> Process<R> {
         }
     }
 
-    /// The child's process id.
+    /// The child's process id. For a child on another host (see
+    /// [`ProcessBuilder::launcher`]), the id of its local stand-in, which signals and
+    /// waits reach as they would the child's.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
