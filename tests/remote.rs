@@ -67,11 +67,28 @@ fn prints_then_returns(n: u32) -> u32 {
     n
 }
 
-fn tmp(name: &str) -> PathBuf {
+/// A scratch directory of this test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("mp-remote-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Every process below `pid`, found through `/proc`.
