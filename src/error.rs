@@ -166,14 +166,18 @@ pub enum Error {
     },
     /// A pool worker died (killed by a signal or exited) while running this task. The
     /// pool has replaced it.
-    #[error("pool worker {pid} died while running the task ({})", describe_death(*.signal, *.code))]
+    #[error("pool worker {pid} died while running the task ({})", reason.clone().unwrap_or_else(|| describe_death(*.signal, *.code)))]
     WorkerDied {
-        /// The worker's process id.
+        /// The worker's process id (on its own host, for a worker that joined over
+        /// the network).
         pid: u32,
         /// The signal that killed it, if one did.
         signal: Option<i32>,
         /// Its exit code, if it exited.
         code: Option<i32>,
+        /// What is known instead of an exit status, for a worker that is not our child
+        /// (its connection was lost).
+        reason: Option<String>,
     },
     /// A setting or argument is outside what it can be (for example a pool of zero
     /// workers).
@@ -456,10 +460,16 @@ impl Clone for Error {
             Error::UnknownStartMethod { value } => Error::UnknownStartMethod {
                 value: value.clone(),
             },
-            Error::WorkerDied { pid, signal, code } => Error::WorkerDied {
+            Error::WorkerDied {
+                pid,
+                signal,
+                code,
+                reason,
+            } => Error::WorkerDied {
                 pid: *pid,
                 signal: *signal,
                 code: *code,
+                reason: reason.clone(),
             },
             Error::InvalidArgument(msg) => Error::InvalidArgument(msg.clone()),
             Error::PoolClosed => Error::PoolClosed,
@@ -549,6 +559,7 @@ mod clone_tests {
                 pid: 7,
                 signal: Some(9),
                 code: None,
+                reason: None,
             },
             Error::Panicked {
                 message: "boom".into(),

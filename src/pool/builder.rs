@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::claim::ClaimBoard;
+use super::claim::{ClaimBoard, Claims};
 use super::core::{Config, Core, SpawnWorker};
+use super::join::{JoinKind, plain_kind, stateful_kind};
 use super::process_pool::ProcessPool;
-use super::protocol::{CallEntry, FromWorker, JobIn, StartArg, call_entry};
+use super::protocol::{CallEntry, FromWorker, StartArg, ToWorkerIn, call_entry};
 use super::state::{CancelRunning, Rules};
 use super::stateful::{StatefulPool, Worker};
 use super::worker::{CallOne, PlainStart, StatefulStart, plain_worker, stateful_worker};
@@ -53,6 +54,7 @@ pub struct PoolBuilder {
     start_timeout: Duration,
     init: Option<(CallEntry, Arc<StartArg>)>,
     init_error: Option<Error>,
+    listen: Option<(crate::Address, crate::AuthKey)>,
 }
 
 impl Default for PoolBuilder {
@@ -71,6 +73,7 @@ impl Default for PoolBuilder {
             start_timeout: Duration::from_secs(60),
             init: None,
             init_error: None,
+            listen: None,
         }
     }
 }
@@ -266,8 +269,71 @@ impl PoolBuilder {
         self
     }
 
+    /// Also takes workers that join by themselves: processes of this same program,
+    /// started by anything (an `sbatch` script, a Kubernetes Job, a shell, another
+    /// host), with two variables in their environment:
+    ///
+    /// - `MULTIPROCESS_POOL_ADDRESS`: the pool's address, as
+    ///   [`listen_address`](ProcessPool::listen_address) gives it (`host:port`, or the
+    ///   path of a Unix socket);
+    /// - `MULTIPROCESS_POOL_KEY_FILE`: a file holding `authkey` (the file's bytes,
+    ///   leading and trailing ASCII whitespace removed).
+    ///
+    /// Such a process never reaches its `main`: before it, the crate connects to the
+    /// pool, both sides prove the key (see [`Listener`](crate::Listener)), the pool
+    /// checks that the worker is the same build of the program as itself (a different
+    /// build is refused, with both identities named on both sides), and the process
+    /// runs as a worker until the pool tells it to exit. It exits with code 78 when it
+    /// cannot join, and ends itself (and what its tasks started) with code 79 when its
+    /// connection to the pool is lost.
+    ///
+    /// A joined worker is an ordinary one (tasks, timeouts, stateful workers), with
+    /// these differences:
+    /// - tasks whose argument or result holds descriptors fail with
+    ///   [`Error::Encode`]: descriptors cannot cross a network connection;
+    /// - the pool cannot signal it: a task past its timeout, a cancelled task, or
+    ///   [`terminate`](ProcessPool::terminate) cuts its connection, and the worker
+    ///   ends itself when it sees the cut;
+    /// - a joined worker that dies, or whose connection is lost, fails only the task
+    ///   it ran, with [`Error::WorkerDied`] whose `reason` says the connection was
+    ///   lost; the tasks it held go to other workers;
+    /// - it is not replaced: the pool starts only its own [`workers`](Self::workers).
+    ///   After [`max_tasks_per_worker`](Self::max_tasks_per_worker) tasks it is told to
+    ///   exit, and does not come back by itself;
+    /// - [`close`](ProcessPool::close) tells it to exit once the work is done.
+    ///
+    /// With `.workers(0)` the pool has no worker of its own and `build` returns at
+    /// once: tasks wait for workers to join. While no worker is alive, a queued task
+    /// fails with [`Error::Bootstrap`] once it has waited
+    /// [`worker_start_timeout`](Self::worker_start_timeout).
+    /// Refused attempts (a wrong key, garbage or silence before the key is proven, a
+    /// different build) are counted in [`PoolStats::refused`](crate::PoolStats::refused).
+    ///
+    /// ```
+    /// use multiprocess::{AuthKey, ProcessPool};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let key = AuthKey::from("a secret shared with the workers' key file");
+    /// let pool = ProcessPool::builder()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0".parse::<multiprocess::Address>()?, key)
+    ///     .build()
+    ///     .await?;
+    /// let address = pool.listen_address().expect("it listens");
+    /// // Start workers elsewhere with MULTIPROCESS_POOL_ADDRESS set to `address`.
+    /// assert_eq!(pool.apply(|x: u32| x + 1, 1).await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen(mut self, address: impl Into<crate::Address>, authkey: impl Into<crate::AuthKey>) -> Self {
+        std::hint::black_box(&super::join::JOIN_HOOK);
+        self.listen = Some((address.into(), authkey.into()));
+        self
+    }
+
     fn check(&mut self) -> Result<()> {
-        if self.workers == 0 {
+        if self.workers == 0 && self.listen.is_none() {
             return Err(Error::InvalidArgument(
                 "a pool needs at least one worker".into(),
             ));
@@ -278,7 +344,7 @@ impl PoolBuilder {
         }
     }
 
-    fn config(&self, spawn: SpawnWorker) -> Config {
+    fn config(&self, spawn: SpawnWorker, join: JoinKind) -> Config {
         Config {
             workers: self.workers,
             task_timeout: self.task_timeout,
@@ -289,9 +355,24 @@ impl PoolBuilder {
                 cancel_running: self.cancel_running,
                 memory_limit: self.memory_limit,
                 start_timeout: self.start_timeout,
+                joinable: self.listen.is_some(),
             },
             spawn,
+            join: self.listen.is_some().then_some(join),
         }
+    }
+
+    /// Starts listening for workers that join, if asked to.
+    async fn listen_on(&mut self, core: &Arc<Core>) -> Result<()> {
+        if let Some((address, key)) = self.listen.take() {
+            let listener = crate::Listener::builder()
+                .address(address)
+                .authkey(key)
+                .bind()
+                .await?;
+            core.listen(listener);
+        }
+        Ok(())
     }
 
     /// Starts the workers and waits until each is ready.
@@ -316,13 +397,16 @@ impl PoolBuilder {
                     Some((entry, arg)) => Some((*entry, arg.duplicate()?)),
                     None => None,
                 };
-                builder.spawn(plain_worker, PlainStart { conn, init, board })
+                let claims = Claims::Board(board);
+                builder.spawn(plain_worker, PlainStart { conn, init, claims })
             },
         );
-        let core = Core::new(self.config(spawn));
+        let join = plain_kind(self.init.clone());
+        let core = Core::new(self.config(spawn, join));
         // Made before the workers start, so that a failed start drops it and kills
         // those already started.
         let pool = ProcessPool::from_core(core.clone());
+        self.listen_on(&core).await?;
         core.start().await?;
         Ok(pool)
     }
@@ -334,6 +418,7 @@ impl PoolBuilder {
     pub async fn build_stateful<W: Worker>(mut self, init: W::Init) -> Result<StatefulPool<W>> {
         self.check()?;
         let init = StartArg::new(wire::encode_value(&init)?);
+        let join = stateful_kind::<W>(init.duplicate()?)?;
         let spawn = spawner(
             self.name.clone(),
             self.start_method,
@@ -343,15 +428,16 @@ impl PoolBuilder {
                 let start = StatefulStart {
                     conn,
                     init: init.duplicate()?,
-                    board,
+                    claims: Claims::Board(board),
                 };
                 builder.spawn_async(stateful_worker::<W>, start)
             },
         );
-        let core = Core::new(self.config(spawn));
+        let core = Core::new(self.config(spawn, join));
         // Made before the workers start, so that a failed start drops it and kills
         // those already started.
         let pool = StatefulPool::from_core(core.clone());
+        self.listen_on(&core).await?;
         core.start().await?;
         Ok(pool)
     }
@@ -369,7 +455,7 @@ fn spawner<F>(
 where
     F: Fn(
             crate::ProcessBuilder,
-            crate::Connection<FromWorker, JobIn>,
+            crate::Connection<FromWorker, ToWorkerIn>,
             ClaimBoard,
         ) -> Result<Process<()>>
         + Send
@@ -409,6 +495,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("panic_output", &self.panic_output)
             .field("worker_start_timeout", &self.start_timeout)
             .field("initializer", &self.init.is_some())
+            .field("listen", &self.listen.as_ref().map(|(address, _)| address))
             .finish()
     }
 }

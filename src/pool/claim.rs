@@ -25,6 +25,15 @@ pub(crate) struct Claim {
     pub(crate) ticket: u64,
 }
 
+/// How a worker and its pool agree on which jobs it has started: through a board in
+/// shared memory (a local worker), or by messages (a worker behind a byte stream, which
+/// answers each take-back request itself).
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Claims {
+    Board(ClaimBoard),
+    Messages,
+}
+
 /// The cells of one worker, in memory shared with it.
 pub(crate) struct ClaimBoard {
     memory: SharedMemory,

@@ -7,6 +7,7 @@
 //! at the end, its exit status. One watchdog task enforces deadlines. A replacement
 //! that cannot be started is tried again with backoff by a task of its own.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -16,16 +17,19 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::claim::{Claim, ClaimBoard};
-use super::protocol::{Encoded, FromWorker, JobData, JobIn, JobOut};
-use super::state::{Link, PoolStats, Rules, State, init_failed};
+use super::join::JoinKind;
+use super::protocol::{Encoded, FromWorker, JobData, JobOut, ToWorker, ToWorkerIn};
+use super::state::{Link, PoolStats, Rules, State, TakeBack, init_failed};
 use crate::error::{Error, Result};
 use crate::exit::Signaller;
 use crate::ipc::Connection;
+use crate::net::{Address, Listener};
 use crate::process::Process;
 
 /// Starts one worker process given its end of the pipe.
-pub(crate) type SpawnWorker =
-    Box<dyn Fn(Connection<FromWorker, JobIn>, ClaimBoard) -> Result<Process<()>> + Send + Sync>;
+pub(crate) type SpawnWorker = Box<
+    dyn Fn(Connection<FromWorker, ToWorkerIn>, ClaimBoard) -> Result<Process<()>> + Send + Sync,
+>;
 
 pub(crate) struct Config {
     pub(crate) workers: usize,
@@ -33,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) rules: Rules,
     pub(crate) spawn: SpawnWorker,
+    /// What a worker that joins by itself is to run, for a pool that listens.
+    pub(crate) join: Option<JoinKind>,
 }
 
 /// How long a worker whose connection broke may take to exit by itself (its own exit
@@ -48,45 +54,103 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// The pool's hold on a live worker process: its job stream, its claim board, and a
-/// way to kill it.
+/// What goes down a worker's job stream.
+pub(crate) enum Feed {
+    Job(Arc<JobData>, Claim),
+    TakeBack(u64),
+    Exit,
+}
+
+/// The pool's hold on a live worker: its job stream, and how jobs are claimed and the
+/// worker is ended.
 pub(crate) struct Live {
     pid: u32,
-    jobs: Option<mpsc::UnboundedSender<(Arc<JobData>, Claim)>>,
-    board: ClaimBoard,
-    signaller: Signaller,
+    jobs: Option<mpsc::UnboundedSender<Feed>>,
+    end: End,
+}
+
+enum End {
+    /// A child process sharing a claim board with the pool.
+    Local {
+        board: ClaimBoard,
+        signaller: Signaller,
+    },
+    /// A worker that joined over a network connection: cutting the connection is the
+    /// one way to end it (it then ends itself).
+    Stream {
+        cells: usize,
+        cut: Option<oneshot::Sender<()>>,
+    },
+}
+
+impl Live {
+    fn feed(&self, item: Feed) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(item).is_ok())
+    }
 }
 
 impl Link for Live {
     fn send(&mut self, job: Arc<JobData>, claim: Claim) {
-        if let Some(jobs) = &self.jobs {
-            let _ = jobs.send((job, claim));
-        }
+        self.feed(Feed::Job(job, claim));
     }
 
     fn offer(&mut self, claim: Claim) {
-        self.board.offer(claim);
+        if let End::Local { board, .. } = &self.end {
+            board.offer(claim);
+        }
     }
 
-    fn take_back(&mut self, claim: Claim) -> bool {
-        self.board.take_back(claim)
+    fn take_back(&mut self, claim: Claim, id: u64) -> TakeBack {
+        match &self.end {
+            End::Local { board, .. } if board.take_back(claim) => TakeBack::Done,
+            End::Local { .. } => TakeBack::Started,
+            End::Stream { .. } if self.feed(Feed::TakeBack(id)) => TakeBack::Asked,
+            End::Stream { .. } => TakeBack::Started,
+        }
+    }
+
+    fn carries_fds(&self) -> bool {
+        matches!(self.end, End::Local { .. })
+    }
+
+    fn joined(&self) -> bool {
+        matches!(self.end, End::Stream { .. })
     }
 
     fn cells(&self) -> usize {
-        self.board.cells()
+        match &self.end {
+            End::Local { board, .. } => board.cells(),
+            End::Stream { cells, .. } => *cells,
+        }
     }
 
     fn hang_up(&mut self) {
+        if self.joined() {
+            // A joined worker takes the end of its stream for a lost pool.
+            self.feed(Feed::Exit);
+        }
         self.jobs = None; // End of stream: the worker exits.
     }
 
     fn kill(&mut self) {
-        let _ = self.signaller.signal(libc::SIGKILL);
-        kill_group(self.pid);
+        match &mut self.end {
+            End::Local { signaller, .. } => {
+                let _ = signaller.signal(libc::SIGKILL);
+                kill_group(self.pid);
+            }
+            End::Stream { cut, .. } => {
+                self.jobs = None;
+                if let Some(cut) = cut.take() {
+                    let _ = cut.send(());
+                }
+            }
+        }
     }
 
     fn exited(&mut self) {
-        kill_group(self.pid);
+        if !self.joined() {
+            kill_group(self.pid);
+        }
     }
 }
 
@@ -110,6 +174,14 @@ pub(crate) struct Core {
     /// A deadline changed (shared with the watchdog, which holds the core only weakly).
     deadlines: Arc<Notify>,
     config: Config,
+    /// For a pool that listens: where, the listener (for its counters), and its task.
+    listening: Mutex<Option<Listening>>,
+}
+
+struct Listening {
+    address: Address,
+    listener: Arc<Listener>,
+    accepting: tokio::task::AbortHandle,
 }
 
 impl Core {
@@ -121,6 +193,7 @@ impl Core {
             changed: Notify::new(),
             deadlines: Arc::new(Notify::new()),
             config,
+            listening: Mutex::new(None),
         })
     }
 
@@ -132,8 +205,10 @@ impl Core {
         self.config.task_timeout
     }
 
+    /// How many workers to plan work for: its own, or those that joined, at least one.
     pub(crate) fn workers(&self) -> usize {
-        self.config.workers
+        let joined = self.lock().workers.len();
+        self.config.workers.max(joined).max(1)
     }
 
     /// How many jobs a worker may hold at most.
@@ -211,7 +286,7 @@ impl Core {
     /// A worker process, its connection, the pool's link to it and the receiving end
     /// of its job stream; on failure, the step that failed.
     fn start_worker_process(&self) -> Result<StartedWorker, (StartStep, Error)> {
-        let (ours, theirs) = crate::ipc::pipe::<JobOut, FromWorker>()
+        let (ours, theirs) = crate::ipc::pipe::<ToWorker, FromWorker>()
             .map_err(|e| (StartStep::Connection, e))?;
         let board = ClaimBoard::new(2 * self.window()).map_err(|e| (StartStep::Board, e))?;
         let process = (self.config.spawn)(theirs.retype(), board.clone_handle())
@@ -221,8 +296,7 @@ impl Core {
         let link = Live {
             pid: process.pid(),
             jobs: Some(jobs_tx),
-            board,
-            signaller,
+            end: End::Local { board, signaller },
         };
         Ok((ours, process, link, jobs_rx))
     }
@@ -254,6 +328,12 @@ impl Core {
                 state.on_reply(key, reply, Instant::now());
                 self.deadlines.notify_one();
             }
+            FromWorker::TakenBack(id) => {
+                state.on_taken_back(key, id, Instant::now());
+                self.deadlines.notify_one();
+            }
+            // It keeps the job; it is not asked again.
+            FromWorker::AlreadyStarted(_) => {}
         }
         self.settle(state);
     }
@@ -280,7 +360,11 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        self.lock().stats()
+        let mut stats = self.lock().stats();
+        if let Some(listening) = &*self.listening() {
+            stats.refused += listening.listener.rejected();
+        }
+        stats
     }
 
     /// Stops taking work, lets queued and running jobs finish, then lets workers exit.
@@ -288,6 +372,7 @@ impl Core {
     /// stuck) is killed, so closing never waits on a worker forever.
     pub(crate) async fn close(&self) {
         self.space.close();
+        self.stop_listening();
         let mut idle_since: Option<Instant> = None;
         loop {
             let changed = self.changed.notified();
@@ -301,6 +386,7 @@ impl Core {
     /// Kills every worker now; queued and running jobs fail with `PoolClosed`.
     pub(crate) fn kill_all(&self) {
         self.space.close();
+        self.stop_listening();
         self.lock().terminate();
         self.deadlines.notify_one();
     }
@@ -320,10 +406,10 @@ impl Core {
 /// A worker just started: its connection, its process, the pool's link to it, and the
 /// receiving end of its job stream.
 type StartedWorker = (
-    Connection<JobOut, FromWorker>,
+    Connection<ToWorker, FromWorker>,
     Process<()>,
     Live,
-    mpsc::UnboundedReceiver<(Arc<JobData>, Claim)>,
+    mpsc::UnboundedReceiver<Feed>,
 );
 
 /// The steps of starting a worker, to say which one failed.
@@ -378,11 +464,16 @@ fn next_backoff(backoff: Duration) -> Duration {
 }
 
 async fn feed_worker(
-    mut tx: crate::ipc::Sender<JobOut>,
-    mut jobs: mpsc::UnboundedReceiver<(Arc<JobData>, Claim)>,
+    mut tx: crate::ipc::Sender<ToWorker>,
+    mut jobs: mpsc::UnboundedReceiver<Feed>,
 ) {
-    while let Some((job, claim)) = jobs.recv().await {
-        if tx.send(JobOut(job, claim)).await.is_err() {
+    while let Some(item) = jobs.recv().await {
+        let message = match item {
+            Feed::Job(job, claim) => ToWorker::Job(JobOut(job, claim)),
+            Feed::TakeBack(id) => ToWorker::TakeBack(id),
+            Feed::Exit => ToWorker::Exit,
+        };
+        if tx.send(message).await.is_err() {
             return;
         }
     }
@@ -442,8 +533,123 @@ async fn read_worker(
         Ok(status) => status,
         Err(err) => {
             tracing::error!(error = %err, "could not await a pool worker");
-            std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+            ExitStatus::from_raw(libc::SIGKILL)
         }
+    };
+    core.on_exit(key, status);
+}
+
+impl Core {
+    fn listening(&self) -> MutexGuard<'_, Option<Listening>> {
+        self.listening.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where workers may join this pool, if it listens.
+    pub(crate) fn listen_address(&self) -> Option<Address> {
+        self.listening().as_ref().map(|l| l.address.clone())
+    }
+
+    /// Takes workers that join by themselves through `listener`.
+    pub(crate) fn listen(self: &Arc<Core>, listener: Listener) {
+        let listener = Arc::new(listener);
+        let address = listener.address().clone();
+        let task = tokio::spawn(accept_joiners(Arc::downgrade(self), listener.clone()));
+        *self.listening() = Some(Listening {
+            address,
+            listener,
+            accepting: task.abort_handle(),
+        });
+    }
+
+    fn stop_listening(&self) {
+        if let Some(listening) = &*self.listening() {
+            listening.accepting.abort();
+        }
+    }
+
+    /// What a worker that joins is to run: refused if this pool cannot tell it.
+    pub(crate) fn join_kind(&self) -> Result<super::join::WorkerKind> {
+        match &self.config.join {
+            Some(kind) => kind(),
+            None => Err(Error::InvalidArgument("this pool takes no workers".into())),
+        }
+    }
+
+    /// A worker that joined and was told what to run becomes one of the pool's.
+    pub(crate) fn adopt(self: &Arc<Core>, conn: Connection<ToWorker, FromWorker>, pid: u32) {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let (cut_tx, cut_rx) = oneshot::channel();
+        let link = Live {
+            pid,
+            jobs: Some(jobs_tx),
+            end: End::Stream {
+                cells: 2 * self.window(),
+                cut: Some(cut_tx),
+            },
+        };
+        let mut state = self.lock();
+        if state.closing {
+            return; // Dropping its connection ends it.
+        }
+        state.will_start();
+        let key = state.started(pid, link, Instant::now());
+        drop(state);
+        tracing::info!(pid, worker = key, "pool worker joined");
+        let (tx, rx) = conn.split();
+        tokio::spawn(feed_worker(tx, jobs_rx));
+        tokio::spawn(read_joined(self.clone(), key, rx, cut_rx));
+        self.deadlines.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn refused_join(&self) {
+        self.lock().refused_join();
+    }
+}
+
+async fn accept_joiners(core: Weak<Core>, listener: Arc<Listener>) {
+    loop {
+        let accepted = listener.accept().await;
+        let Some(core) = core.upgrade() else { return };
+        match accepted {
+            Ok(conn) => {
+                tokio::spawn(super::join::admit(core, conn));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the pool stopped taking workers");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads a joined worker's answers until its connection ends (which is its end, as
+/// far as the pool can know) or the pool cuts it.
+async fn read_joined(
+    core: Arc<Core>,
+    key: u64,
+    mut rx: crate::ipc::Receiver<FromWorker>,
+    mut cut: oneshot::Receiver<()>,
+) {
+    let end = loop {
+        tokio::select! {
+            biased;
+            message = rx.recv() => match message {
+                Ok(message) => core.on_message(key, message),
+                Err(end) => break Some(end),
+            },
+            _ = &mut cut => break None,
+        }
+    };
+    drop(rx);
+    let status = match end {
+        Some(Error::Disconnected) if core.lock().hung_up_on(key) => ExitStatus::from_raw(0),
+        Some(end) => {
+            core.lock().lost(key, format!("the connection to it was lost: {end}"));
+            ExitStatus::from_raw(libc::SIGKILL)
+        }
+        // Cut by the pool, which knows why.
+        None => ExitStatus::from_raw(libc::SIGKILL),
     };
     core.on_exit(key, status);
 }

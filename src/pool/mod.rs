@@ -11,11 +11,13 @@ mod builder;
 mod claim;
 mod core;
 mod handle;
+mod join;
 mod map;
 mod process_pool;
 mod protocol;
 mod state;
 mod stateful;
+mod stream_link;
 mod worker;
 
 pub use builder::PoolBuilder;
@@ -27,7 +29,7 @@ pub use stateful::{StatefulPool, Worker};
 /// Decodes the pool's wire messages from arbitrary bytes (for fuzzing).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_decode(data: &[u8]) {
-    let _ = crate::ipc::wire::decode_payload::<protocol::JobIn>(data, Vec::new());
+    let _ = crate::ipc::wire::decode_payload::<protocol::ToWorkerIn>(data, Vec::new());
     let _ = crate::ipc::wire::decode_payload::<protocol::FromWorker>(data, Vec::new());
 }
 

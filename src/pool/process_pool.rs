@@ -64,6 +64,22 @@ impl ProcessPool {
         Self::builder().workers(workers).build().await
     }
 
+    /// Where workers may join this pool (see
+    /// [`PoolBuilder::listen`](crate::PoolBuilder::listen)), with the port the system
+    /// chose; `None` for a pool that does not listen.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = multiprocess::ProcessPool::new(1).await?;
+    /// assert!(pool.listen_address().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_address(&self) -> Option<crate::Address> {
+        self.core.listen_address()
+    }
+
     /// Runs `f(arg)` in a worker and returns the result.
     ///
     /// ```

@@ -51,6 +51,26 @@ impl Serialize for JobOut {
     }
 }
 
+/// What the pool sends a worker; serializes exactly as [`ToWorkerIn`] deserializes.
+#[derive(Serialize)]
+pub(crate) enum ToWorker {
+    /// A job to run.
+    Job(JobOut),
+    /// Over a stream link: give back job `id` unless it has started (the answer is
+    /// [`FromWorker::TakenBack`] or [`FromWorker::AlreadyStarted`]).
+    TakeBack(u64),
+    /// Over a stream link: finish what you hold, then exit.
+    Exit,
+}
+
+/// What a worker receives from its pool.
+#[derive(Deserialize)]
+pub(crate) enum ToWorkerIn {
+    Job(JobIn),
+    TakeBack(u64),
+    Exit,
+}
+
 /// A job as a worker receives it.
 #[derive(Deserialize)]
 pub(crate) struct JobIn(
@@ -145,11 +165,16 @@ pub(crate) enum Hello {
     InitFailed(String),
 }
 
-/// Worker to pool: the hello, then replies.
+/// Worker to pool: the hello, then replies (and, over a stream link, the answers to
+/// take-back requests).
 #[derive(Serialize, Deserialize)]
 pub(crate) enum FromWorker {
     Hello(Hello),
     Reply(Reply),
+    /// The job had not started: it is the pool's again, and will not run here.
+    TakenBack(u64),
+    /// The job has started (or is done): it stays with this worker.
+    AlreadyStarted(u64),
 }
 
 /// What a call's trampoline gets: the argument's bytes and descriptors.

@@ -39,8 +39,12 @@ pub(crate) trait Link {
     fn send(&mut self, job: Arc<JobData>, claim: Claim);
     /// Marks `claim` offered on the worker's claim board.
     fn offer(&mut self, claim: Claim);
-    /// Takes an offered job back: false if the worker has started it.
-    fn take_back(&mut self, claim: Claim) -> bool;
+    /// Takes an offered job (`id`) back, or asks the worker for it.
+    fn take_back(&mut self, claim: Claim, id: u64) -> TakeBack;
+    /// Whether a job's descriptors can reach the worker (not over a byte stream).
+    fn carries_fds(&self) -> bool;
+    /// Whether the worker joined the pool by itself: it is not replaced when it goes.
+    fn joined(&self) -> bool;
     /// How many jobs its claim board can hold.
     fn cells(&self) -> usize;
     /// Ends the worker's job stream: it exits once it has answered what it holds.
@@ -49,6 +53,17 @@ pub(crate) trait Link {
     fn kill(&mut self);
     /// The worker has exited: ends whatever its tasks left behind.
     fn exited(&mut self);
+}
+
+/// What came of taking a job back from a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakeBack {
+    /// It is the pool's again.
+    Done,
+    /// The worker has started it.
+    Started,
+    /// The worker was asked; its answer comes as an event.
+    Asked,
 }
 
 /// What to do with a task whose handle is dropped while it runs.
@@ -77,6 +92,8 @@ pub(crate) struct Rules {
     /// How long a new worker may take to say it is ready (initializer included), and
     /// how long a queued job waits while no worker can be started.
     pub(crate) start_timeout: Duration,
+    /// Workers may join by themselves: with none alive, queued tasks wait for one.
+    pub(crate) joinable: bool,
 }
 
 impl Rules {
@@ -117,6 +134,10 @@ pub struct PoolStats {
     pub respawned: u64,
     /// Workers retired after `max_tasks_per_worker` tasks and replaced.
     pub recycled: u64,
+    /// Workers that asked to join (see
+    /// [`PoolBuilder::listen`](crate::PoolBuilder::listen)) and were refused: a wrong
+    /// key, garbage or silence before the key was proven, a different build.
+    pub refused: u64,
     /// Workers the pool is short of: being started, or waiting to be tried again after
     /// a start failed (out of descriptors or processes). Replacements are retried with
     /// backoff for as long as the pool lives.
@@ -157,6 +178,8 @@ pub(crate) struct Running {
     pub(crate) job: Arc<JobData>,
     pub(crate) waiter: Waiter,
     pub(crate) claim: Claim,
+    /// The worker was asked to give it back (not asked again whatever it answers).
+    asked: bool,
 }
 
 /// Why the pool killed a worker.
@@ -198,6 +221,8 @@ pub(crate) struct WorkerSlot<L> {
     pub(crate) killed: Option<KillReason>,
     // Why its connection could not be read further, if it broke.
     broken: Option<String>,
+    // Why the connection to a worker behind a byte stream ended, if not by our doing.
+    pub(crate) lost: Option<String>,
 }
 
 impl<L: Link> WorkerSlot<L> {
@@ -279,6 +304,12 @@ impl<L: Link> WorkerSlot<L> {
             // Nobody waits for a cancelled task's answer.
             Some(KillReason::Cancelled(id)) if id == head => Error::PoolClosed,
             // Set only when it was killed for breaking its connection.
+            _ if self.lost.is_some() => Error::WorkerDied {
+                pid: self.pid,
+                signal: None,
+                code: None,
+                reason: self.lost.take(),
+            },
             _ => match self.broken.take() {
                 Some(why) => Error::Protocol(format!(
                     "pool worker {} broke its connection ({why}) and was killed",
@@ -289,6 +320,7 @@ impl<L: Link> WorkerSlot<L> {
                         pid: self.pid,
                         signal: status.signal(),
                         code: status.code(),
+                        reason: None,
                     },
                 ),
             },
@@ -301,7 +333,7 @@ pub(crate) struct State<L> {
     pub(crate) rules: Rules,
     queue: VecDeque<Queued>,
     pub(crate) workers: Vec<WorkerSlot<L>>,
-    closing: bool,
+    pub(crate) closing: bool,
     pub(crate) terminated: bool,
     pub(crate) init_error: Option<String>,
     // Some worker has been ready: a later death during start-up is a fault to heal,
@@ -419,12 +451,25 @@ impl<L: Link> State<L> {
             if waiter.abandoned() {
                 continue; // Its handle was dropped while it waited.
             }
+            if !job.fds.is_empty() && !slot.link.carries_fds() {
+                let _ = waiter.reply.send(Err(Error::Encode(format!(
+                    "the task's argument holds descriptors, which cannot reach pool worker {} \
+                     over its network connection",
+                    slot.pid
+                ))));
+                continue;
+            }
             let claim = slot.next_claim();
             slot.link.send(job.clone(), claim);
             waiter.span.record("worker", slot.pid);
             tracing::trace!(parent: &waiter.span, "task dispatched");
             slot.dispatched += 1;
-            slot.window.push_back(Running { job, waiter, claim });
+            slot.window.push_back(Running {
+                job,
+                waiter,
+                claim,
+                asked: false,
+            });
             if slot.window.len() == 1 {
                 slot.set_head_deadline(now);
                 deadline_set = true;
@@ -447,25 +492,51 @@ impl<L: Link> State<L> {
         let Some(donor) = self
             .workers
             .iter_mut()
-            .filter(|w| w.window.len() >= 2)
+            .filter(|w| w.window.len() >= 2 && w.window.back().is_some_and(|r| !r.asked))
             .max_by_key(|w| w.window.len())
         else {
             return false;
         };
-        let last = donor.window.back().expect("two jobs or more").claim;
-        if !donor.link.take_back(last) {
-            return false; // It has just started it.
+        let last = donor.window.back_mut().expect("two jobs or more");
+        last.asked = true;
+        match donor.link.take_back(last.claim, last.job.id) {
+            TakeBack::Done => {}
+            // It has just started it, or it will say.
+            TakeBack::Started | TakeBack::Asked => return false,
         }
-        let Running { job, waiter, .. } = donor.window.pop_back().expect("two jobs or more");
-        tracing::trace!(parent: &waiter.span, worker = donor.pid, "task taken back for an idle worker");
+        let running = donor.window.pop_back().expect("two jobs or more");
         donor.dispatched -= 1;
+        let pid = donor.pid;
+        self.requeue_taken(running, pid);
+        true
+    }
+
+    fn requeue_taken(&mut self, Running { job, waiter, .. }: Running, pid: u32) {
+        tracing::trace!(parent: &waiter.span, worker = pid, "task taken back for an idle worker");
         self.queue.push_front(Queued {
             job,
             waiter,
             since: Instant::now(),
             _permit: None,
         });
-        true
+    }
+
+    /// A worker behind a byte stream gave back job `id` as asked: it goes to the front
+    /// of the queue (the caller dispatches).
+    pub(crate) fn on_taken_back(&mut self, key: u64, id: u64, now: Instant) {
+        let Some(slot) = self.workers.iter_mut().find(|w| w.key == key) else {
+            return;
+        };
+        let Some(index) = slot.window.iter().position(|r| r.job.id == id && r.asked) else {
+            return;
+        };
+        let running = slot.window.remove(index).expect("index in range");
+        slot.dispatched -= 1;
+        let pid = slot.pid;
+        if index == 0 {
+            slot.set_head_deadline(now);
+        }
+        self.requeue_taken(running, pid);
     }
 
     /// A worker answered a job: the job's waiter gets the answer.

@@ -112,6 +112,31 @@ impl<W: Worker> StatefulPool<W> {
         }
     }
 
+    /// Where workers may join this pool (see
+    /// [`PoolBuilder::listen`](crate::PoolBuilder::listen)); `None` if it does not
+    /// listen.
+    ///
+    /// ```
+    /// # use multiprocess::{ProcessPool, Worker};
+    /// # struct Echo;
+    /// # impl Worker for Echo {
+    /// #     type Init = ();
+    /// #     type Request = u8;
+    /// #     type Response = u8;
+    /// #     async fn init(_: ()) -> Result<Self, String> { Ok(Echo) }
+    /// #     async fn handle(&mut self, n: u8) -> u8 { n }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::builder().workers(1).build_stateful::<Echo>(()).await?;
+    /// assert!(pool.listen_address().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_address(&self) -> Option<crate::Address> {
+        self.core.listen_address()
+    }
+
     /// Sends a request to some worker and waits for its response.
     ///
     /// See [`StatefulPool`] for an example.

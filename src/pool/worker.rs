@@ -9,9 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::claim::ClaimBoard;
+use super::claim::{ClaimBoard, Claims};
 use super::protocol::{CallEntry, CallInput, CallOutput, Encoded, Failure, StartArg};
-use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply};
+use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply, ToWorkerIn};
+use super::stream_link::StreamWorker;
 use super::stateful::Worker;
 use crate::ipc::{Connection, PassFd, wire};
 use crate::start::entry::Trampoline;
@@ -21,10 +22,10 @@ use crate::start::take_last_panic;
 /// How a plain pool's worker starts.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct PlainStart {
-    pub(crate) conn: Connection<FromWorker, JobIn>,
+    pub(crate) conn: Connection<FromWorker, ToWorkerIn>,
     /// An initializer call and its argument, run once before any job.
     pub(crate) init: Option<(CallEntry, StartArg)>,
-    pub(crate) board: ClaimBoard,
+    pub(crate) claims: Claims,
 }
 
 fn panic_failure() -> Failure {
@@ -108,22 +109,33 @@ pub(crate) fn plain_worker(start: PlainStart) {
     let PlainStart {
         mut conn,
         init,
-        board,
+        claims,
     } = start;
-    if let Some((entry, arg)) = init {
-        let hello = match entry.call((arg.bytes.into_vec(), arg.fds)) {
+    let hello = match init {
+        Some((entry, arg)) => match entry.call((arg.bytes.into_vec(), arg.fds)) {
             Ok(_) => Hello::Ready,
             Err(failure) => Hello::InitFailed(crate::Error::from(failure).to_string()),
-        };
-        let failed = matches!(hello, Hello::InitFailed(_));
-        if conn.send_blocking(FromWorker::Hello(hello)).is_err() || failed {
-            return;
-        }
-    } else if conn.send_blocking(FromWorker::Hello(Hello::Ready)).is_err() {
+        },
+        None => Hello::Ready,
+    };
+    let failed = matches!(hello, Hello::InitFailed(_));
+    if conn.send_blocking(FromWorker::Hello(hello)).is_err() || failed {
         return;
     }
+    match claims {
+        Claims::Board(board) => plain_local(conn, board),
+        Claims::Messages => plain_stream(conn),
+    }
+}
+
+fn plain_local(mut conn: Connection<FromWorker, ToWorkerIn>, board: ClaimBoard) {
     // The pool hanging up (end of stream) is the normal way to stop.
-    while let Ok(JobIn(id, kind, payload, fds, claim)) = conn.recv_blocking() {
+    while let Ok(message) = conn.recv_blocking() {
+        let JobIn(id, kind, payload, fds, claim) = match message {
+            ToWorkerIn::Job(job) => job,
+            ToWorkerIn::TakeBack(_) => continue, // The board answers those.
+            ToWorkerIn::Exit => return,
+        };
         if !board.start(claim) {
             continue; // Taken back for an idle worker.
         }
@@ -135,6 +147,17 @@ pub(crate) fn plain_worker(start: PlainStart) {
             return;
         }
     }
+}
+
+fn plain_stream(conn: Connection<FromWorker, ToWorkerIn>) {
+    let Ok(link) = StreamWorker::start(conn) else {
+        return;
+    };
+    while let Some(JobIn(id, kind, payload, fds, _)) = link.next_blocking() {
+        let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
+        link.answer(reply_of(id, run_call(kind, payload.into_vec(), fds_of(fds))));
+    }
+    link.finish();
 }
 
 /// The answer to job `id`, carrying the descriptors its result holds.
@@ -153,9 +176,9 @@ fn reply_of(id: u64, result: Result<Encoded, Failure>) -> Reply {
 /// How a stateful pool's worker starts.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct StatefulStart {
-    pub(crate) conn: Connection<FromWorker, JobIn>,
+    pub(crate) conn: Connection<FromWorker, ToWorkerIn>,
     pub(crate) init: StartArg,
-    pub(crate) board: ClaimBoard,
+    pub(crate) claims: Claims,
 }
 
 /// The main loop of a stateful pool's worker, on a current-thread runtime of its own.
@@ -164,7 +187,7 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
     let StatefulStart {
         mut conn,
         init,
-        board,
+        claims,
     } = start;
     let init: W::Init = match wire::decode_payload(&init.bytes, init.fds) {
         Ok(init) => init,
@@ -194,12 +217,28 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
     if conn.send(FromWorker::Hello(Hello::Ready)).await.is_err() {
         return;
     }
-    while let Ok(JobIn(id, _, payload, fds, claim)) = conn.recv().await {
+    match claims {
+        Claims::Board(board) => stateful_local(conn, board, &mut worker).await,
+        Claims::Messages => stateful_stream(conn, &mut worker).await,
+    }
+}
+
+async fn stateful_local<W: Worker>(
+    mut conn: Connection<FromWorker, ToWorkerIn>,
+    board: ClaimBoard,
+    worker: &mut W,
+) {
+    while let Ok(message) = conn.recv().await {
+        let JobIn(id, _, payload, fds, claim) = match message {
+            ToWorkerIn::Job(job) => job,
+            ToWorkerIn::TakeBack(_) => continue, // The board answers those.
+            ToWorkerIn::Exit => return,
+        };
         if !board.start(claim) {
             continue; // Taken back for an idle worker.
         }
         let span = tracing::debug_span!("task", id, worker = std::process::id());
-        let result = handle_one(&mut worker, &payload, fds_of(fds))
+        let result = handle_one(worker, &payload, fds_of(fds))
             .instrument(span)
             .await;
         let reply = reply_of(id, result);
@@ -207,6 +246,20 @@ pub(crate) async fn stateful_worker<W: Worker>(start: StatefulStart) {
             return;
         }
     }
+}
+
+async fn stateful_stream<W: Worker>(conn: Connection<FromWorker, ToWorkerIn>, worker: &mut W) {
+    let Ok(link) = StreamWorker::start(conn) else {
+        return;
+    };
+    while let Some(JobIn(id, _, payload, fds, _)) = link.next().await {
+        let span = tracing::debug_span!("task", id, worker = std::process::id());
+        let result = handle_one(worker, &payload, fds_of(fds))
+            .instrument(span)
+            .await;
+        link.answer(reply_of(id, result));
+    }
+    link.finish();
 }
 
 async fn handle_one<W: Worker>(

@@ -12,10 +12,28 @@ use crate::pool::protocol::Hello;
 impl<L: Link> State<L> {
     /// The last start failure, while no worker is alive and starting one keeps failing:
     /// queued tasks then fail once they have waited the start timeout.
-    pub(crate) fn starving(&self) -> Option<&str> {
-        let (_, last) = self.start_failure.as_ref()?;
+    /// With a pool that takes workers joining by themselves and has none alive or on
+    /// its way, queued tasks likewise wait the start timeout for one to join.
+    pub(crate) fn starving(&self) -> Option<String> {
         let alive = self.workers.iter().any(|w| w.killed.is_none());
-        (!alive).then_some(last.as_str())
+        if alive {
+            return None;
+        }
+        let limit = self.rules.start_timeout;
+        match &self.start_failure {
+            Some((_, last)) => Some(format!(
+                "no pool worker could be started for {limit:?} (last attempt failed {last})"
+            )),
+            None if self.rules.joinable && self.starting == 0 => Some(format!(
+                "no pool worker was alive or joined for {limit:?}"
+            )),
+            None => None,
+        }
+    }
+
+    /// A worker asking to join was refused.
+    pub(crate) fn refused_join(&mut self) {
+        self.stats.refused += 1;
     }
 
     /// Whether every worker has said it is ready.
@@ -47,11 +65,14 @@ impl<L: Link> State<L> {
             ready: false,
             killed: None,
             broken: None,
+            lost: None,
         };
         if self.terminated {
             // Terminated while it started: it never gets a job.
-            slot.hang_up();
+            // Killed first: a worker behind a byte stream must not take the end of
+            // its stream for a polite request to finish its task.
             slot.kill(KillReason::Terminate);
+            slot.hang_up();
         }
         self.workers.push(slot);
         self.next_worker
@@ -106,6 +127,16 @@ impl<L: Link> State<L> {
             .iter()
             .find(|w| w.key == key)
             .is_none_or(|w| w.hung_up)
+    }
+
+    /// The connection to a joined worker ended without the pool's doing.
+    pub(crate) fn lost(&mut self, key: u64, why: String) {
+        if let Some(slot) = self.workers.iter_mut().find(|w| w.key == key) {
+            tracing::warn!(worker = slot.pid, why, "lost a pool worker");
+            if slot.killed.is_none() {
+                slot.lost = Some(why);
+            }
+        }
     }
 
     /// Kills a worker whose connection broke and which did not exit by itself.
@@ -164,7 +195,8 @@ impl<L: Link> State<L> {
         if self.terminated {
             self.fail_queued(&Error::PoolClosed, |_| true);
         }
-        let replace = self.wants_worker();
+        // A worker that joined by itself is not ours to start again.
+        let replace = !slot.link.joined() && self.wants_worker();
         if replace {
             self.starting += 1;
             if retired {
@@ -180,7 +212,7 @@ impl<L: Link> State<L> {
     /// Why a worker that ended before it was ever ready fails the whole pool: no
     /// worker of the pool was ever ready, so every replacement would likely do the same.
     fn failed_start(&self, slot: &WorkerSlot<L>, status: ExitStatus) -> Option<String> {
-        if slot.ready || self.closing || self.ever_ready {
+        if slot.ready || self.closing || self.ever_ready || slot.link.joined() {
             return None;
         }
         match slot.killed {
@@ -223,8 +255,10 @@ impl<L: Link> State<L> {
         self.terminated = true;
         self.fail_queued(&Error::PoolClosed, |_| true);
         for slot in self.workers.iter_mut() {
-            slot.hang_up();
+            // Killed first: a worker behind a byte stream must not take the end of
+            // its stream for a polite request to finish its task.
             slot.kill(KillReason::Terminate);
+            slot.hang_up();
         }
     }
 
@@ -239,10 +273,8 @@ impl<L: Link> State<L> {
     pub(crate) fn enforce_deadlines(&mut self, now: Instant) -> Option<Instant> {
         let limit = self.rules.start_timeout;
         let mut next: Option<Instant> = None;
-        if let Some(last) = self.starving().map(str::to_owned) {
-            let error = Error::Bootstrap(format!(
-                "no pool worker could be started for {limit:?} (last attempt failed {last})"
-            ));
+        if let Some(why) = self.starving() {
+            let error = Error::Bootstrap(why);
             self.fail_queued(&error, |q| q.since + limit <= now);
             next = self.queue.iter().map(|q| q.since + limit).min();
         }

@@ -22,6 +22,10 @@ struct Fake {
     kills: u32,
     /// Shared with the test, which still sees it once the pool has dropped the worker.
     exited: Rc<Cell<bool>>,
+    /// Behind a byte stream (a worker that joined): take-backs are requests.
+    stream: bool,
+    /// The jobs it was asked to give back.
+    asked: Vec<u64>,
 }
 
 const TAKEN: u64 = u64::MAX;
@@ -34,6 +38,8 @@ impl Fake {
             hung_up: false,
             kills: 0,
             exited: Rc::default(),
+            stream: false,
+            asked: Vec::new(),
         }
     }
 
@@ -58,13 +64,27 @@ impl Link for Fake {
         self.cells[claim.cell as usize] = claim.ticket * 2;
     }
 
-    fn take_back(&mut self, claim: Claim) -> bool {
+    fn take_back(&mut self, claim: Claim, id: u64) -> TakeBack {
+        if self.stream {
+            self.asked.push(id);
+            return TakeBack::Asked;
+        }
         let cell = &mut self.cells[claim.cell as usize];
         let offered = *cell == claim.ticket * 2;
         if offered {
             *cell = TAKEN;
+            TakeBack::Done
+        } else {
+            TakeBack::Started
         }
-        offered
+    }
+
+    fn carries_fds(&self) -> bool {
+        !self.stream
+    }
+
+    fn joined(&self) -> bool {
+        self.stream
     }
 
     fn cells(&self) -> usize {
@@ -93,6 +113,7 @@ fn rules() -> Rules {
         cancel_running: CancelRunning::Finish,
         memory_limit: None,
         start_timeout: Duration::from_secs(60),
+        joinable: false,
     }
 }
 
@@ -222,6 +243,7 @@ fn an_exit_fails_exactly_the_running_task_and_requeues_the_others_in_order() {
             pid: 100,
             signal: Some(libc::SIGSEGV),
             code: None,
+            reason: None,
         })) => {}
         other => panic!("{other:?}"),
     }
@@ -346,7 +368,7 @@ fn a_replacement_that_cannot_start_is_missing_and_retried_while_the_pool_lives()
     assert!(state.start_failed(true, why.into(), now));
     let stats = state.stats();
     assert_eq!((stats.workers, stats.missing, stats.start_failures), (0, 1, 2));
-    assert_eq!(state.starving(), Some(why));
+    assert!(state.starving().is_some_and(|starving| starving.contains(why)));
     assert!(state.retry_wanted());
 
     // Once the pool is terminated, the replacement is given up.
@@ -553,4 +575,114 @@ fn a_detached_task_is_dispatched_although_nobody_awaits_it() {
     let key = start_one(&mut state, 5, now);
     state.dispatch(now);
     assert_eq!(slot(&state, key).link.sent, [1]);
+}
+
+/// A worker behind a byte stream, ready.
+fn start_stream(state: &mut State<Fake>, pid: u32, now: Instant) -> u64 {
+    state.will_start();
+    let mut fake = Fake::new();
+    fake.stream = true;
+    let key = state.started(pid, fake, now);
+    state.on_hello(key, Hello::Ready);
+    key
+}
+
+#[test]
+fn a_stream_worker_is_asked_for_a_task_and_gives_it_back_once() {
+    let now = Instant::now();
+    let mut state = State::new(rules());
+    let busy = start_stream(&mut state, 100, now);
+    let _first = submit(&mut state, 1, None, now);
+    let _second = submit(&mut state, 2, None, now);
+    assert_eq!(window(&state, busy), [1, 2]);
+
+    // An idle worker appears: the busy one is asked for job 2, which stays with it
+    // until it answers, and is asked only once.
+    let idle = start_one(&mut state, 101, now);
+    state.dispatch(now);
+    state.dispatch(now);
+    assert_eq!(slot(&state, busy).link.asked, [2]);
+    assert_eq!(window(&state, busy), [1, 2]);
+    assert!(window(&state, idle).is_empty());
+
+    // "Taken back": the job goes to the idle worker.
+    state.on_taken_back(busy, 2, now);
+    state.dispatch(now);
+    assert_eq!(window(&state, busy), [1]);
+    assert_eq!(window(&state, idle), [2]);
+    // A repeated or stray answer changes nothing.
+    state.on_taken_back(busy, 2, now);
+    state.on_taken_back(busy, 1, now);
+    assert_eq!(window(&state, busy), [1]);
+    assert_eq!(state.stats().queued, 0);
+}
+
+#[test]
+fn a_stream_worker_that_already_started_the_task_keeps_it() {
+    let now = Instant::now();
+    let mut state = State::new(rules());
+    let busy = start_stream(&mut state, 100, now);
+    let mut first = submit(&mut state, 1, None, now);
+    let mut second = submit(&mut state, 2, None, now);
+    let idle = start_one(&mut state, 101, now);
+    state.dispatch(now);
+    assert_eq!(slot(&state, busy).link.asked, [2]);
+    // "Already started" needs no event: the job stays, never asked for again.
+    state.on_reply(busy, reply(1), now);
+    state.dispatch(now);
+    assert_eq!(slot(&state, busy).link.asked, [2]);
+    assert_eq!(window(&state, busy), [2]);
+    assert!(window(&state, idle).is_empty());
+    state.on_reply(busy, reply(2), now);
+    assert!(answered(&mut first).is_some_and(|r| r.is_ok()));
+    assert!(answered(&mut second).is_some_and(|r| r.is_ok()));
+}
+
+#[test]
+fn a_stream_worker_lost_while_asked_requeues_the_task_and_is_not_replaced() {
+    let now = Instant::now();
+    let mut state = State::new(rules());
+    let busy = start_stream(&mut state, 100, now);
+    let mut running = submit(&mut state, 1, None, now);
+    let mut held = submit(&mut state, 2, None, now);
+    let idle = start_one(&mut state, 101, now);
+    state.dispatch(now);
+    assert_eq!(slot(&state, busy).link.asked, [2]);
+
+    state.lost(busy, "the connection to it was lost: reset".into());
+    let replace = state.on_exit(busy, killed_by(libc::SIGKILL));
+    assert!(!replace, "a joined worker is not replaced");
+    match answered(&mut running) {
+        Some(Err(Error::WorkerDied {
+            pid: 100,
+            reason: Some(reason),
+            ..
+        })) => assert!(reason.contains("connection"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    state.dispatch(now);
+    assert_eq!(window(&state, idle), [2]);
+    assert!(answered(&mut held).is_none());
+    // Its answer to the take-back, arriving late, is ignored.
+    state.on_taken_back(busy, 2, now);
+    assert_eq!(window(&state, idle), [2]);
+}
+
+#[test]
+fn descriptors_bound_for_a_stream_worker_fail_the_task_only() {
+    let now = Instant::now();
+    let mut state = State::new(rules());
+    let worker = start_stream(&mut state, 100, now);
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let with_fd = Arc::new(JobData {
+        id: 1,
+        kind: JobKind::Handle,
+        payload: Vec::new(),
+        fds: vec![ours.into()],
+    });
+    let mut refused = state.enqueue(with_fd, None, None, now).unwrap();
+    let _plain = submit(&mut state, 2, None, now);
+    state.dispatch(now);
+    assert!(matches!(answered(&mut refused), Some(Err(Error::Encode(_)))));
+    assert_eq!(window(&state, worker), [2]);
 }
