@@ -372,3 +372,43 @@ async fn a_stateful_pool_takes_joined_workers() {
     let (status, stderr) = joiner.exit().await;
     assert!(status.success(), "{status:?}: {stderr}");
 }
+
+/// Runs until `path` exists (the test creates it once it has seen what it waits for).
+fn run_until_exists(path: String) -> u32 {
+    while !Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::process::id()
+}
+
+#[tokio::test]
+async fn a_task_held_by_a_busy_joined_worker_is_taken_back_for_one_that_joins_idle() {
+    let scratch = Scratch::new("take-back");
+    let key = scratch.file("key", KEY.as_bytes());
+    let (pool, address) = listening_pool(0).await;
+    let busy = Joiner::start(&address, Some(&key));
+    until_workers(&pool, 1).await;
+    let release = scratch.0.join("release");
+    let long = pool.submit(run_until_exists, release.to_string_lossy().into_owned());
+    // Held behind the long task, in the busy worker's window.
+    let held = pool.submit(own_pid, ());
+    common::eventually("both tasks with the busy worker", || {
+        let stats = pool.stats();
+        stats.busy == 1 && stats.queued == 0
+    })
+    .await;
+
+    let idle = Joiner::start(&address, Some(&key));
+    let ran_on = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
+    assert_eq!(ran_on, idle.pid(), "taken back from the busy worker");
+    assert!(!release.exists(), "the long task still runs");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(long.await.unwrap(), busy.pid());
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.failed), (2, 0), "{stats:?}");
+    pool.close().await;
+    for joiner in [busy, idle] {
+        let (status, stderr) = joiner.exit().await;
+        assert!(status.success(), "{status:?}: {stderr}");
+    }
+}
