@@ -36,16 +36,52 @@ fn table_entry(i: usize) -> u64 {
     table()[i]
 }
 
-async fn spawn_join_times(method: StartMethod, runs: usize) -> Vec<Duration> {
+/// What a timed run waits for.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The result in hand: the handle awaited by value.
+    Result,
+    /// The exit reaped: `join`.
+    Reaped,
+}
+
+/// Waits, untimed, until the fork server holds a child parked (or, with parking off,
+/// none), so that each timed spawn meets the state it measures.
+fn settle(warm: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while multiprocess::forkserver_stats().parked.is_empty() == warm && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Times `runs` spawns of a trivial function; with `warm`, counts those served by a
+/// child parked before the spawn.
+async fn spawn_times(
+    method: StartMethod,
+    until: Until,
+    warm: Option<bool>,
+    runs: usize,
+    hits: &mut usize,
+) -> Vec<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        if let Some(warm) = warm {
+            settle(warm);
+        }
+        let parked = multiprocess::forkserver_stats().parked;
         let start = Instant::now();
         let mut child = Process::builder()
             .start_method(method)
             .spawn(trivial, 1)
             .unwrap();
-        assert_eq!(child.join().await.unwrap(), 2);
+        let pid = child.pid();
+        let value = match until {
+            Until::Result => child.await.unwrap(),
+            Until::Reaped => child.join().await.unwrap(),
+        };
         times.push(start.elapsed());
+        assert_eq!(value, 2);
+        *hits += parked.contains(&pid) as usize;
     }
     times
 }
@@ -93,44 +129,143 @@ fn row(what: &str, s: &Stats, floor: &Stats) {
     );
 }
 
+/// Memory of a parked child, from `/proc/PID/smaps_rollup`: (Rss, Pss) in KiB.
+fn parked_memory() -> Option<(u64, u64)> {
+    let pid = *multiprocess::forkserver_stats().parked.first()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("Rss:")?, field("Pss:")?))
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut hits = 0;
     // Warm up the fork server and the reaper.
-    rt.block_on(spawn_join_times(StartMethod::Forkserver, 20));
-    let (mut floor, mut server, mut exec) = (Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(spawn_times(
+        StartMethod::Forkserver,
+        Until::Reaped,
+        None,
+        20,
+        &mut hits,
+    ));
+    let mut floor = Vec::new();
+    // [warm, cold] × [result, reaped]
+    let mut server: [[Vec<Duration>; 2]; 2] = Default::default();
+    let mut exec: [Vec<Duration>; 2] = Default::default();
+    let (mut warm_runs, mut warm_hits) = (0, 0);
     for round in 0..40 {
         floor.extend(raw_fork_times(10));
-        server.extend(rt.block_on(spawn_join_times(StartMethod::Forkserver, 10)));
+        for (w, warm) in [true, false].into_iter().enumerate() {
+            multiprocess::set_max_parked(if warm { 16 } else { 0 });
+            for (u, until) in [Until::Result, Until::Reaped].into_iter().enumerate() {
+                let mut hit = 0;
+                let times = rt.block_on(spawn_times(
+                    StartMethod::Forkserver,
+                    until,
+                    Some(warm),
+                    10,
+                    &mut hit,
+                ));
+                server[w][u].extend(times);
+                if warm {
+                    warm_runs += 10;
+                    warm_hits += hit;
+                }
+            }
+        }
+        multiprocess::set_max_parked(16);
         if round % 2 == 0 {
-            exec.extend(rt.block_on(spawn_join_times(StartMethod::Exec, 10)));
+            for (u, until) in [Until::Result, Until::Reaped].into_iter().enumerate() {
+                exec[u].extend(rt.block_on(spawn_times(
+                    StartMethod::Exec,
+                    until,
+                    None,
+                    10,
+                    &mut hits,
+                )));
+            }
         }
     }
-    let (floor, server, exec) = (stats(floor), stats(server), stats(exec));
-    let mut bursts = (Vec::new(), Vec::new());
+    let floor = stats(floor);
+    let [[warm_result, warm_reaped], [cold_result, cold_reaped]] = server.map(|s| s.map(stats));
+    let [exec_result, exec_reaped] = exec.map(stats);
+    let memory = {
+        rt.block_on(spawn_times(
+            StartMethod::Forkserver,
+            Until::Reaped,
+            None,
+            1,
+            &mut hits,
+        ));
+        settle(true);
+        parked_memory()
+    };
+    let mut bursts: [Vec<Duration>; 3] = Default::default();
     for _ in 0..5 {
-        bursts
-            .0
-            .push(rt.block_on(burst(StartMethod::Forkserver, 100)));
-        bursts.1.push(rt.block_on(burst(StartMethod::Exec, 100)));
+        for (i, (method, max)) in [
+            (StartMethod::Forkserver, 16),
+            (StartMethod::Forkserver, 0),
+            (StartMethod::Exec, 16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            multiprocess::set_max_parked(max);
+            settle(max > 0);
+            bursts[i].push(rt.block_on(burst(method, 100)));
+        }
     }
+    multiprocess::set_max_parked(16);
     let without = stats(rt.block_on(table_child_times(10)));
     multiprocess::preload(build_table).unwrap();
     rt.block_on(table_child_times(1)); // the server restarts and builds the table once
     let with = stats(rt.block_on(table_child_times(10)));
 
-    println!("| spawn + join (exit reaped), trivial function | median | p99 | vs raw fork |");
+    println!("| spawn of a trivial function | median | p99 | vs raw fork |");
     println!("|---|---|---|---|");
-    row("multiprocess, fork server", &server, &floor);
-    row("multiprocess, exec", &exec, &floor);
+    row(
+        "fork server, warm child: spawn → result",
+        &warm_result,
+        &floor,
+    );
+    row(
+        "fork server, warm child: spawn + exit reaped (`join`)",
+        &warm_reaped,
+        &floor,
+    );
+    row(
+        "fork server, no child parked: spawn → result",
+        &cold_result,
+        &floor,
+    );
+    row(
+        "fork server, no child parked: spawn + exit reaped",
+        &cold_reaped,
+        &floor,
+    );
+    row("exec: spawn → result", &exec_result, &floor);
+    row("exec: spawn + exit reaped", &exec_reaped, &floor);
     row("floor: raw fork + waitpid", &floor, &floor);
     println!();
-    println!("| figure | fork server | exec |");
-    println!("|---|---|---|");
-    println!(
-        "| 100 spawns awaited together (wall, median of 5) | {} | {} |",
-        ms(stats(bursts.0).median),
-        ms(stats(bursts.1).median)
-    );
+    println!("Warm runs served by a child parked before the spawn: {warm_hits} of {warm_runs}.");
+    if let Some((rss, pss)) = memory {
+        println!("A parked child: Rss {rss} KiB, Pss {pss} KiB.");
+    }
+    println!();
+    println!("| 100 spawns awaited together (wall, median of 5) | time |");
+    println!("|---|---|");
+    let [warm_burst, cold_burst, exec_burst] = bursts.map(|b| stats(b).median);
+    println!("| fork server, up to 16 parked | {} |", ms(warm_burst));
+    println!("| fork server, none parked | {} |", ms(cold_burst));
+    println!("| exec | {} |", ms(exec_burst));
     println!();
     println!("| child that needs a 50 MiB table (fork server) | median | p99 |");
     println!("|---|---|---|");
@@ -146,7 +281,7 @@ fn main() {
     );
     println!();
     println!(
-        "Runs: 400 raw fork and 400 fork server in alternating rounds of 10, 200 exec \
-         interleaved; bursts: 5 each; table: 10 each."
+        "Runs: 400 raw fork and 400 of each fork-server row in alternating rounds of 10, \
+         200 of each exec row interleaved; bursts: 5 each; table: 10 each."
     );
 }

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -190,9 +190,25 @@ impl ExitWatch {
         Ok(ExitWatch::watching(pid, pidfd.and_then(unless_scarce)))
     }
 
-    /// Starts watching a child of ours whose pidfd we already hold.
-    pub(crate) fn from_pidfd(pid: u32, pidfd: OwnedFd) -> ExitWatch {
-        ExitWatch::watching(pid, unless_scarce(pidfd))
+    /// Starts watching a child of ours whose pidfd we already hold, perhaps opened a
+    /// while ago: whether descriptors are short is judged from `just_opened` too.
+    pub(crate) fn from_old_pidfd(pid: u32, pidfd: OwnedFd, just_opened: BorrowedFd<'_>) -> ExitWatch {
+        let scarce = crate::limits::descriptors_scarce(just_opened)
+            || crate::limits::descriptors_scarce(pidfd.as_fd());
+        let pidfd = match scarce {
+            true => None,
+            false => Some(pidfd),
+        };
+        ExitWatch::watching(pid, pidfd)
+    }
+
+    /// Waits, blocking the calling thread, for a child that has been killed to exit, and
+    /// reaps it. For a thread of the crate's own, never a runtime's.
+    pub(crate) fn reap_killed_blocking(&mut self) {
+        while matches!(self.try_wait(), Ok(None)) {
+            let Some(pidfd) = self.pidfd() else { return };
+            let _ = sys::poll_one(pidfd, false, -1);
+        }
     }
 
     fn watching(pid: u32, pidfd: Option<OwnedFd>) -> ExitWatch {

@@ -198,7 +198,7 @@ pub use process::{
 pub use queue::{JoinableQueue, Queue};
 pub use remote::Launcher;
 pub use shm::{Array, AtomicInt, SharedMemory, Value};
-pub use start::preload;
+pub use start::{ForkserverStats, forkserver_stats, preload, set_max_parked};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
 };

@@ -156,3 +156,27 @@ async fn signalling_a_child_reaped_elsewhere_spares_the_process_that_took_its_pi
     drop((bystander, bystander_fd));
     leaks.finish().await;
 }
+
+/// The fork server's parked children, killed from outside and reaped by the other
+/// thread before the crate can: no spawn fails, and nothing is left.
+#[tokio::test]
+async fn parked_children_reaped_elsewhere_fail_no_spawn() {
+    reap_every_child();
+    let leaks = common::LeakCheck::start().await;
+    for round in 0..5 {
+        common::eventually("a child parked", || {
+            !multiprocess::forkserver_stats().parked.is_empty()
+        })
+        .await;
+        for pid in multiprocess::forkserver_stats().parked {
+            // SAFETY: kill on a pid; the pool holds a pidfd of it, so it is not reaped
+            // and reused until the pool lets go (at worst the kill misses).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let children: Vec<_> = (0..4).map(|_| spawn_process(seven, ()).unwrap()).collect();
+        for child in children {
+            assert_eq!(child.await.unwrap(), 7, "round {round}");
+        }
+    }
+    leaks.finish().await;
+}

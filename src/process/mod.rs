@@ -160,7 +160,7 @@ impl<R> Process<R> {
             name,
             watch,
             control: Some(spawned.control),
-            outcome: None,
+            outcome: spawned.early.map(|early| Ok(early.without_result())),
             joined: false,
             kill_on_drop: options.kill_on_drop,
             kill_tree: options.kill_tree,
@@ -358,6 +358,29 @@ impl<R: DeserializeOwned> Process<R> {
         Poll::Ready(Ok(exit))
     }
 
+    /// Polls for the result alone: the outcome once it has arrived, or else the exit.
+    fn poll_result(&mut self, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if self.joined {
+            return Poll::Ready(Err(Error::AlreadyJoined));
+        }
+        if self.outcome.is_none() {
+            if let Some(control) = self.control.as_mut() {
+                match control.poll_recv::<Outcome<R>>(cx) {
+                    Poll::Ready(Some(outcome)) => self.outcome = Some(outcome),
+                    Poll::Ready(None) => self.control = None,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if let Some(outcome) = self.outcome.take() {
+            self.joined = true;
+            tracing::debug!(pid = self.pid(), name = %self.name, "child sent its result");
+            return Poll::Ready(outcome.and_then(Outcome::into_result));
+        }
+        let exit = ready!(self.poll_exit(cx))?;
+        Poll::Ready(self.finish(exit))
+    }
+
     /// The exit status, or the error saying it is unknown.
     fn known_status(&self, exit: Exit) -> Result<ExitStatus> {
         exit.status()
@@ -405,6 +428,27 @@ impl<R: DeserializeOwned> Process<R> {
         }
         let status = std::future::poll_fn(|cx| self.poll_exit(cx)).await?;
         self.finish(status)
+    }
+
+    /// Waits for the function's result alone, not for the child's exit: returns as
+    /// soon as the child has sent its result, while it is still exiting. The handle
+    /// still watches the exit: [`wait`](Self::wait) gives its status, dropping the
+    /// handle kills (with kill-on-drop) and reaps whatever is left. A child that ends
+    /// without a result is awaited to its exit, as by `join`, to say why. Like `join`,
+    /// it returns the result once; later calls of either give
+    /// [`Error::AlreadyJoined`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let mut child = multiprocess::spawn_process(|x: u32| x * 2, 21)?;
+    /// assert_eq!(child.result().await?, 42);
+    /// assert!(child.wait().await?.success());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn result(&mut self) -> Result<R> {
+        std::future::poll_fn(|cx| self.poll_result(cx)).await
     }
 
     /// [`join`](Self::join) with a time limit. On `Err(Timeout)` the child keeps running

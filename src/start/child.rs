@@ -18,7 +18,7 @@ use super::entry::Trampoline;
 use super::identity;
 use super::name::set_own_name;
 use super::panic::{self, Panic, PanicOutput};
-use super::protocol::{CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
+use super::protocol::{Activate, CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, Outcome, Start};
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 use crate::sys;
 
@@ -64,18 +64,27 @@ fn child_main() -> i32 {
     let Some(control) = take_control_socket() else {
         return EXIT_FAILED;
     };
-    run_with_control(control)
+    run_with_control(control, false)
 }
 
 /// Runs what the parent asks for over `control`: shared by re-executed children and
-/// children forked by the fork server.
-fn run_with_control(mut control: Control) -> i32 {
+/// children forked by the fork server. With `ack`, the child says when it is set up
+/// (see [`Outcome::Started`]).
+fn run_with_control(mut control: Control, ack: bool) -> i32 {
     let start: Start = match control.read.recv_blocking(None) {
         Some(Ok(start)) => start,
         // The parent went away (or is not a parent of ours) before saying what to run.
         _ => return EXIT_FAILED,
     };
-    if start.die_with_parent && !die_with_parent(start.parent_pid) {
+    if start.die_with_parent {
+        if !die_with_parent(start.parent_pid) {
+            return EXIT_FAILED;
+        }
+    } else if sys::set_parent_death_signal(0).is_err() {
+        // A parked child dies with its parent until told otherwise.
+        control.report(&Outcome::<()>::Refused(
+            "cannot stop dying with the parent".into(),
+        ));
         return EXIT_FAILED;
     }
     if start.own_group {
@@ -107,6 +116,12 @@ fn run_with_control(mut control: Control) -> i32 {
         ));
         return EXIT_FAILED;
     }
+    if ack {
+        let _ = control.write.encode(&Outcome::<()>::Started);
+        if control.write.flush_blocking().is_err() {
+            return EXIT_FAILED;
+        }
+    }
     start.entry.call(control)
 }
 
@@ -129,31 +144,41 @@ fn control_on(fd: std::os::fd::OwnedFd) -> Option<Control> {
     })
 }
 
-/// The body of a child forked by the fork server: it starts as a copy of the server,
-/// so it first sheds what was the server's (descriptors, panic hook), then runs as any
-/// child does. Never returns.
-pub(crate) fn forked_child(control: std::os::fd::OwnedFd, cwd: std::os::fd::OwnedFd) -> ! {
+/// The body of a child forked by the fork server: parked on `control` until a spawn
+/// gives it work. It starts as a copy of the server, so it first sheds what was the
+/// server's (descriptors, panic hook), and dies with the process it was forked for
+/// (`parent`) until the spawn says otherwise. Never returns.
+pub(crate) fn parked_child(control: std::os::fd::OwnedFd, parent: u32) -> ! {
     drop(std::panic::take_hook());
-    let entered = sys::enter_directory(cwd.as_fd());
-    drop(cwd);
     let code = match sys::keep_only(control).ok().and_then(control_on) {
-        Some(mut control) => match entered {
-            Ok(()) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_control(control)))
-                    .unwrap_or(EXIT_FAILED)
-            }
-            Err(err) => {
-                refuse_before_start(
-                    &mut control,
-                    format!("cannot enter the parent's working directory: {err}"),
-                );
-                EXIT_FAILED
-            }
-        },
-        None => EXIT_FAILED,
+        Some(control) if die_with_parent(parent) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| activated(control)))
+                .unwrap_or(EXIT_FAILED)
+        }
+        _ => EXIT_FAILED,
     };
     flush_stdio();
     std::process::exit(code);
+}
+
+/// Waits for the spawn that takes this parked child, enters the directory it names and
+/// runs what it asks for. A child let go without work (end of stream) just exits.
+fn activated(mut control: Control) -> i32 {
+    let cwd = match control.read.recv_blocking::<Activate>(None) {
+        Some(Ok(Activate { cwd })) => cwd.0,
+        Some(Err(_)) => return EXIT_FAILED,
+        None => return 0,
+    };
+    let entered = sys::enter_directory(cwd.as_fd());
+    drop(cwd);
+    if let Err(err) = entered {
+        refuse_before_start(
+            &mut control,
+            format!("cannot enter the working directory: {err}"),
+        );
+        return EXIT_FAILED;
+    }
+    run_with_control(control, true)
 }
 
 /// Reads the start message (so the parent's writer is not left blocked) and refuses it.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::protocol::Entry;
 use super::identity;
 use super::options::Options;
-use super::protocol::Start;
+use super::protocol::{Outcome, Start};
 use crate::error::Result;
 use crate::exit::ExitWatch;
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
@@ -19,6 +19,8 @@ use crate::sys;
 pub(crate) struct Spawned {
     pub(crate) watch: ExitWatch,
     pub(crate) control: ReadHalf,
+    /// What a fork-server child reported instead of starting (it refused to).
+    pub(crate) early: Option<Outcome<()>>,
 }
 
 /// What a child named `name` is told to run, and how.

@@ -37,5 +37,6 @@ pub(super) fn spawn_by_exec<A: Serialize>(
     Ok(Spawned {
         watch,
         control: ReadHalf::new(control),
+        early: None,
     })
 }

@@ -18,9 +18,11 @@ pub(crate) mod panic;
 pub(crate) mod identity;
 pub(crate) mod protocol;
 mod spawn;
+mod warm;
 
 pub use options::StartMethod;
 pub use preload::preload;
+pub use warm::{ForkserverStats, forkserver_stats, set_max_parked};
 pub use panic::PanicOutput;
 pub(crate) use options::Options;
 pub(crate) use child::{RunAsync, RunSync, take_last_panic};

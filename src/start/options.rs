@@ -18,9 +18,12 @@ pub enum StartMethod {
     Exec,
     /// Fork from a zygote process (itself started by `exec`, so clean and
     /// single-threaded); the child is still the spawning process's own child. Much
-    /// faster. Children see the environment the zygote started with and start in the
-    /// parent's working directory of the moment; a builder that sets the environment,
-    /// the directory or the process group uses `Exec`.
+    /// faster; faster still when the zygote has forked a child ahead of demand, which
+    /// the spawn then hands its work to (see [`forkserver_stats`](crate::forkserver_stats)
+    /// and [`set_max_parked`](crate::set_max_parked)). Children see the environment the
+    /// zygote started with and start in the builder's directory, or else the parent's
+    /// working directory of the moment; a builder that sets the environment or a
+    /// process group to join uses `Exec`.
     Forkserver,
 }
 
@@ -133,7 +136,6 @@ impl Options {
         Ok(method == StartMethod::Forkserver
             && self.env.is_empty()
             && !self.env_clear
-            && self.current_dir.is_none()
             && self.process_group.is_none())
     }
 

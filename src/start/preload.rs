@@ -63,6 +63,11 @@ pub(super) fn registered() -> (Vec<Preload>, u64) {
     PRELOADS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// The number that changes whenever the registered preloads do.
+pub(super) fn generation() -> u64 {
+    PRELOADS.lock().unwrap_or_else(|p| p.into_inner()).1
+}
+
 /// Runs `preloads` in order; the first panic's message if one panics.
 pub(super) fn run_all(preloads: Vec<Preload>) -> Result<(), String> {
     for preload in preloads {

@@ -66,6 +66,38 @@ pub(crate) enum Outcome<R> {
         ours: Vec<u8>,
         theirs: Vec<u8>,
     },
+    /// A fork-server child, set up as the start message asked (named, in its directory,
+    /// group and limits), is about to run the function. Sent before the outcome, and
+    /// only by fork-server children: the spawn returns once it has arrived.
+    Started,
+}
+
+impl Outcome<()> {
+    /// This outcome, which is no result, as an outcome of any result type.
+    pub(crate) fn without_result<R>(self) -> Outcome<R> {
+        match self {
+            Outcome::Panicked(panic) => Outcome::Panicked(panic),
+            Outcome::ArgumentUndecodable(msg) => Outcome::ArgumentUndecodable(msg),
+            Outcome::ResultUnencodable(msg) => Outcome::ResultUnencodable(msg),
+            Outcome::Refused(msg) => Outcome::Refused(msg),
+            Outcome::ConnectionLost { host, reason } => Outcome::ConnectionLost { host, reason },
+            Outcome::BuildMismatch { host, ours, theirs } => {
+                Outcome::BuildMismatch { host, ours, theirs }
+            }
+            Outcome::Returned(()) | Outcome::Started => {
+                Outcome::Refused("the child reported out of order".into())
+            }
+        }
+    }
+}
+
+/// Parent to a parked fork-server child, before the start message: what the spawn
+/// decides that the child could not know when it was forked.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Activate {
+    /// The working directory to enter: the spawning process's at the time of the spawn,
+    /// or the one the builder named.
+    pub(crate) cwd: crate::ipc::PassFd,
 }
 
 impl<R> Outcome<R> {
@@ -82,6 +114,9 @@ impl<R> Outcome<R> {
                 ours: show_identity(&ours),
                 theirs: show_identity(&theirs),
             }),
+            Outcome::Started => Err(Error::Bootstrap(
+                "the child reported its start twice".into(),
+            )),
         }
     }
 }

@@ -81,6 +81,23 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatu
     Ok(Some(status_from_siginfo(code, status)))
 }
 
+/// Waits for the child behind `pidfd` to exit and reaps it. `ECHILD` (someone else
+/// reaped it) counts as reaped. For a child that has been killed or is about to exit:
+/// it blocks the calling thread until then.
+pub(crate) fn reap_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    match waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, libc::WEXITED) {
+        Err(err) if err.raw_os_error() != Some(libc::ECHILD) => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Kills our child `pid`, which nothing else holds a pidfd of, and reaps it before
+/// returning. Safe by pid: a child we have not reaped keeps its pid.
+pub(crate) fn kill_and_reap_pid(pid: u32) {
+    let _ = kill(pid, libc::SIGKILL);
+    let _ = waitid(libc::P_PID, pid as libc::id_t, libc::WEXITED);
+}
+
 /// Whether our child `pid` has exited (reaped or not: `WNOWAIT` leaves a zombie for its
 /// watch to collect). A pid that is no child of ours any more counts as exited.
 pub(crate) fn child_has_exited(pid: u32) -> bool {

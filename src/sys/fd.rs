@@ -78,6 +78,16 @@ pub(crate) fn open_current_dir() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A descriptor for the directory at `path` (`O_PATH`), for [`enter_directory`].
+pub(crate) fn open_directory(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(fd)
+}
+
 /// Makes the directory behind `dir` the working directory (`fchdir`).
 pub(crate) fn enter_directory(dir: BorrowedFd<'_>) -> io::Result<()> {
     nix::unistd::fchdir(dir)?;

@@ -96,6 +96,21 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The children the fork server holds parked right now (children of ours that no
+/// handle owns, each holding two descriptors of ours: its pidfd and its control
+/// socket), and the descriptor count without theirs; read so that no child joins or
+/// leaves the pool while the descriptors are counted.
+pub fn parked_and_fds() -> (Vec<u32>, usize) {
+    loop {
+        let before = multiprocess::forkserver_stats().parked;
+        let fds = fd_count();
+        let after = multiprocess::forkserver_stats().parked;
+        if before == after {
+            return (after.clone(), fds - 2 * after.len());
+        }
+    }
+}
+
 /// Tests in one binary share the process's descriptor table and children, so leak
 /// checks take this lock to see only their own.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -123,7 +138,7 @@ impl LeakCheck {
         let serial = SERIAL.lock().await;
         warm_up().await;
         LeakCheck {
-            fds: fd_count(),
+            fds: parked_and_fds().1,
             fd_list: fd_list(),
             servers: live_servers(),
             _serial: serial,
@@ -147,7 +162,8 @@ impl LeakCheck {
     /// Waits until every child is gone (reaped, not even a zombie) and the descriptor
     /// count is back to where it started, and fails the test if that does not happen.
     /// The fork server, a deliberate long-lived child, is left out; so are the three
-    /// descriptors of ours it holds if the test started a new one.
+    /// descriptors of ours it holds if the test started a new one, and the children it
+    /// holds parked with their descriptors, which no handle owns.
     pub async fn finish(self) {
         let LeakCheck {
             fds,
@@ -157,9 +173,12 @@ impl LeakCheck {
         } = self;
         let clean = || {
             let now = live_servers();
-            let only_servers = children().iter().all(|(pid, _)| now.contains(pid));
+            let (parked, fds_now) = parked_and_fds();
+            let only_servers = children()
+                .iter()
+                .all(|(pid, _)| now.contains(pid) || parked.contains(pid));
             let started = now.iter().filter(|pid| !servers.contains(pid)).count();
-            only_servers && zombies() == 0 && fd_count() <= fds + 3 * started
+            only_servers && zombies() == 0 && fds_now <= fds + 3 * started
         };
         eventually(
             &format!(
