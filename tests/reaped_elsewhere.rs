@@ -157,6 +157,13 @@ async fn signalling_a_child_reaped_elsewhere_spares_the_process_that_took_its_pi
     leaks.finish().await;
 }
 
+fn forked_seven() -> Process<u32> {
+    Process::builder()
+        .start_method(multiprocess::StartMethod::Forkserver)
+        .spawn(seven, ())
+        .unwrap()
+}
+
 /// The fork server's parked children, killed from outside and reaped by the other
 /// thread before the crate can: no spawn fails, and nothing is left.
 #[tokio::test]
@@ -164,6 +171,7 @@ async fn parked_children_reaped_elsewhere_fail_no_spawn() {
     reap_every_child();
     let leaks = common::LeakCheck::start().await;
     for round in 0..5 {
+        forked_seven().join().await.unwrap();
         common::eventually("a child parked", || {
             !multiprocess::forkserver_stats().parked.is_empty()
         })
@@ -173,7 +181,7 @@ async fn parked_children_reaped_elsewhere_fail_no_spawn() {
             // and reused until the pool lets go (at worst the kill misses).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let children: Vec<_> = (0..4).map(|_| spawn_process(seven, ()).unwrap()).collect();
+        let children: Vec<_> = (0..4).map(|_| forked_seven()).collect();
         for child in children {
             assert_eq!(child.await.unwrap(), 7, "round {round}");
         }

@@ -405,6 +405,18 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Waits for the child to finish and returns its result.
     ///
+    /// `join` waits for the child's *exit*, not only for its result, as Python's
+    /// `Process.join()` does: once it returns, the child is gone and reaped,
+    /// [`exit_status`](Self::exit_status) and [`exitcode`](Self::exitcode) are known, and
+    /// a child that hangs after sending its result (in an exit handler, a thread it
+    /// started) keeps `join` waiting, within the limit of
+    /// [`join_timeout`](Self::join_timeout), rather than living on unnoticed. The exit
+    /// costs more than the result: with a warm fork-server child, about four times as
+    /// long on our 2-vCPU machines (see the crate's BENCHMARKS.md), because the child
+    /// must tear down its address space and we must be woken for its pidfd and reap it.
+    /// When only the value matters, [`result`](Self::result) returns as soon as it
+    /// arrives and leaves the exit to the handle.
+    ///
     /// The error says what went wrong: [`Error::Panicked`] with the child's panic
     /// message, [`Error::Signaled`] if a signal killed it, [`Error::Exited`] if it exited
     /// without a result, [`Error::MemoryLimit`] if it died as an allocation failed under

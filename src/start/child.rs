@@ -80,8 +80,9 @@ fn run_with_control(mut control: Control, ack: bool) -> i32 {
         if !die_with_parent(start.parent_pid) {
             return EXIT_FAILED;
         }
-    } else if sys::set_parent_death_signal(0).is_err() {
-        // A parked child dies with its parent until told otherwise.
+    } else if ack && sys::set_parent_death_signal(0).is_err() {
+        // A parked child dies with its parent until told otherwise. (An exec'd child
+        // keeps what its spawner armed: a remote agent arms it itself.)
         control.report(&Outcome::<()>::Refused(
             "cannot stop dying with the parent".into(),
         ));
