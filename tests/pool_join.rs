@@ -412,3 +412,27 @@ async fn a_task_held_by_a_busy_joined_worker_is_taken_back_for_one_that_joins_id
         assert!(status.success(), "{status:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_recycled_joined_worker_is_told_to_exit_and_not_replaced() {
+    let scratch = Scratch::new("recycle");
+    let key = scratch.file("key", KEY.as_bytes());
+    let pool = ProcessPool::builder()
+        .workers(0)
+        .max_tasks_per_worker(2)
+        .worker_start_timeout(Duration::from_secs(1))
+        .listen("127.0.0.1:0".parse::<multiprocess::Address>().unwrap(), KEY)
+        .build()
+        .await
+        .unwrap();
+    let address = pool.listen_address().unwrap().to_string();
+    let joiner = Joiner::start(&address, Some(&key));
+    assert_eq!(pool.apply(square, 2).await.unwrap(), 4);
+    assert_eq!(pool.apply(square, 3).await.unwrap(), 9);
+    let (status, stderr) = joiner.exit().await;
+    assert!(status.success(), "{status:?}: {stderr}");
+    common::eventually("the worker gone", || pool.stats().workers == 0).await;
+    // Nothing replaces it: the next task waits for a worker to join, then fails.
+    let err = pool.apply(square, 4).await.unwrap_err();
+    assert!(matches!(err, Error::Bootstrap(_)), "{err:?}");
+}
