@@ -55,6 +55,7 @@ pub struct PoolBuilder {
     init: Option<(CallEntry, Arc<StartArg>)>,
     init_error: Option<Error>,
     listen: Option<(crate::Address, crate::AuthKey)>,
+    launchers: Vec<crate::Launcher>,
 }
 
 impl Default for PoolBuilder {
@@ -74,6 +75,7 @@ impl Default for PoolBuilder {
             init: None,
             init_error: None,
             listen: None,
+            launchers: Vec::new(),
         }
     }
 }
@@ -332,6 +334,84 @@ impl PoolBuilder {
         self
     }
 
+    /// Starts every worker through `launcher` (ssh, `srun`, a command prefix: see
+    /// [`Launcher`](crate::Launcher)) instead of as a local child. Each is this same
+    /// program on the far side, which joins the pool over the network as a worker that
+    /// joins by itself does (see [`listen`](Self::listen) for what that means for
+    /// descriptors, timeouts and crash isolation), except that the pool keeps
+    /// [`workers`](Self::workers) of them: one that ends, or whose host or connection
+    /// is lost, is launched again, with a backoff growing from 100 ms to 10 s.
+    ///
+    /// The workers connect back to the pool's listener: without
+    /// [`listen`](Self::listen), the pool listens on 127.0.0.1 with a random key,
+    /// which serves launchers whose far side is this host (a single-node `srun`, ssh to
+    /// this machine, a container on the host network); for other hosts, give `listen`
+    /// an address they can reach. `build` waits until every worker has joined, for at
+    /// most the [`worker_start_timeout`](Self::worker_start_timeout), and then fails
+    /// with [`Error::Bootstrap`] naming the last launch failure.
+    ///
+    /// ```no_run
+    /// use multiprocess::{Launcher, ProcessPool};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::builder()
+    ///     .workers(8)
+    ///     .launcher(Launcher::srun(["--partition=cpu"]))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn launcher(self, launcher: crate::Launcher) -> Self {
+        self.hosts([launcher])
+    }
+
+    /// Starts the workers through these launchers, round-robin (`workers(4)` over two
+    /// hosts is two on each); otherwise as [`launcher`](Self::launcher).
+    ///
+    /// ```no_run
+    /// use multiprocess::{Launcher, ProcessPool};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiprocess::Result<()> {
+    /// let pool = ProcessPool::builder()
+    ///     .workers(4)
+    ///     .listen("10.0.0.5:7070".parse::<multiprocess::Address>()?, multiprocess::AuthKey::random()?)
+    ///     .hosts([Launcher::ssh("node1"), Launcher::ssh("node2")])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn hosts(mut self, launchers: impl IntoIterator<Item = crate::Launcher>) -> Self {
+        self.launchers = launchers.into_iter().collect();
+        self
+    }
+
+    /// For launched workers: the key they join with (the pool listens on loopback with
+    /// a random key unless told where).
+    fn launch_key(&mut self) -> Result<Option<crate::AuthKey>> {
+        if self.launchers.is_empty() {
+            return Ok(None);
+        }
+        if self.listen.is_none() {
+            std::hint::black_box(&super::join::JOIN_HOOK);
+            let loopback = "127.0.0.1:0".parse::<crate::Address>()?;
+            self.listen = Some((loopback, crate::AuthKey::random()?));
+        }
+        Ok(self.listen.as_ref().map(|(_, key)| key.clone()))
+    }
+
+    /// Launches the workers, if launchers were given, and waits until they joined.
+    async fn launch(&self, core: &Arc<Core>, key: Option<crate::AuthKey>) -> Result<()> {
+        if let Some(key) = key {
+            core.launch(&self.launchers, self.workers, &key, &self.name)?;
+            core.joined(self.workers).await?;
+        }
+        Ok(())
+    }
+
     fn check(&mut self) -> Result<()> {
         if self.workers == 0 && self.listen.is_none() {
             return Err(Error::InvalidArgument(
@@ -346,7 +426,12 @@ impl PoolBuilder {
 
     fn config(&self, spawn: SpawnWorker, join: JoinKind) -> Config {
         Config {
-            workers: self.workers,
+            // Launched workers are not local children.
+            workers: if self.launchers.is_empty() {
+                self.workers
+            } else {
+                0
+            },
             task_timeout: self.task_timeout,
             queue_capacity: self.queue_capacity,
             rules: Rules {
@@ -402,12 +487,14 @@ impl PoolBuilder {
             },
         );
         let join = plain_kind(self.init.clone());
+        let key = self.launch_key()?;
         let core = Core::new(self.config(spawn, join));
         // Made before the workers start, so that a failed start drops it and kills
         // those already started.
         let pool = ProcessPool::from_core(core.clone());
         self.listen_on(&core).await?;
         core.start().await?;
+        self.launch(&core, key).await?;
         Ok(pool)
     }
 
@@ -433,12 +520,14 @@ impl PoolBuilder {
                 builder.spawn_async(stateful_worker::<W>, start)
             },
         );
+        let key = self.launch_key()?;
         let core = Core::new(self.config(spawn, join));
         // Made before the workers start, so that a failed start drops it and kills
         // those already started.
         let pool = StatefulPool::from_core(core.clone());
         self.listen_on(&core).await?;
         core.start().await?;
+        self.launch(&core, key).await?;
         Ok(pool)
     }
 }
@@ -496,6 +585,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("worker_start_timeout", &self.start_timeout)
             .field("initializer", &self.init.is_some())
             .field("listen", &self.listen.as_ref().map(|(address, _)| address))
+            .field("launchers", &self.launchers)
             .finish()
     }
 }

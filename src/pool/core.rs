@@ -176,6 +176,8 @@ pub(crate) struct Core {
     config: Config,
     /// For a pool that listens: where, the listener (for its counters), and its task.
     listening: Mutex<Option<Listening>>,
+    /// The tasks keeping launched workers running, and the last launch failure.
+    launching: Mutex<(Vec<tokio::task::AbortHandle>, Option<String>)>,
 }
 
 struct Listening {
@@ -194,6 +196,7 @@ impl Core {
             deadlines: Arc::new(Notify::new()),
             config,
             listening: Mutex::new(None),
+            launching: Mutex::new((Vec::new(), None)),
         })
     }
 
@@ -377,6 +380,7 @@ impl Core {
         loop {
             let changed = self.changed.notified();
             if self.lock().close_step(&mut idle_since, Instant::now()) {
+                self.stop_launching();
                 return;
             }
             let _ = tokio::time::timeout(super::state::EXIT_GRACE, changed).await;
@@ -387,6 +391,7 @@ impl Core {
     pub(crate) fn kill_all(&self) {
         self.space.close();
         self.stop_listening();
+        self.stop_launching();
         self.lock().terminate();
         self.deadlines.notify_one();
     }
@@ -564,6 +569,72 @@ impl Core {
     fn stop_listening(&self) {
         if let Some(listening) = &*self.listening() {
             listening.accepting.abort();
+        }
+    }
+
+    fn launching(&self) -> MutexGuard<'_, (Vec<tokio::task::AbortHandle>, Option<String>)> {
+        self.launching.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Keeps `n` workers launched, spread round-robin over `launchers`; they join
+    /// through this pool's listener.
+    pub(crate) fn launch(
+        self: &Arc<Core>,
+        launchers: &[crate::Launcher],
+        n: usize,
+        key: &crate::AuthKey,
+        name: &str,
+    ) -> Result<()> {
+        let address = self
+            .listen_address()
+            .ok_or_else(|| Error::InvalidArgument("a launched pool must listen".into()))?;
+        let ticket = super::launched::Ticket {
+            address: address.to_string(),
+            key: key.as_bytes().to_vec(),
+        };
+        let mut launching = self.launching();
+        for (i, launcher) in launchers.iter().cycle().take(n).enumerate() {
+            let task = tokio::spawn(super::launched::supervise(
+                Arc::downgrade(self),
+                launcher.clone(),
+                ticket.clone(),
+                format!("{name}-{}", i + 1),
+            ));
+            launching.0.push(task.abort_handle());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn launch_failed(&self, why: String) {
+        self.launching().1 = Some(why);
+    }
+
+    fn stop_launching(&self) {
+        for task in &self.launching().0 {
+            task.abort();
+        }
+    }
+
+    /// Waits until `n` workers have joined, or fails once the start timeout passed.
+    pub(crate) async fn joined(&self, n: usize) -> Result<()> {
+        let deadline = Instant::now() + self.config.rules.start_timeout;
+        loop {
+            let changed = self.changed.notified();
+            if self.lock().workers.iter().filter(|w| w.ready).count() >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let last = self.launching().1.clone().unwrap_or_else(|| "none".into());
+                return Err(Error::Bootstrap(format!(
+                    "fewer than {n} launched pool workers joined within {:?} (last launch \
+                     failure: {last})",
+                    self.config.rules.start_timeout
+                )));
+            }
         }
     }
 

@@ -233,7 +233,12 @@ fn join(address: OsString, key_file: Option<OsString>) -> std::result::Result<()
     if key.is_empty() {
         return Err(format!("the key file {} is empty", key_file.to_string_lossy()));
     }
-    let mut conn = Client::new(address.clone(), AuthKey::from(key))
+    join_with(address, AuthKey::from(key))
+}
+
+/// Joins the pool at `address` with `key`, then works for it until told to exit.
+pub(crate) fn join_with(address: Address, key: AuthKey) -> std::result::Result<(), String> {
+    let mut conn = Client::new(address.clone(), key)
         .connect_blocking::<Introduction, Verdict>()
         .map_err(|e| format!("connecting to {address}: {e}"))?;
     let introduction = Introduction {

@@ -12,6 +12,7 @@ mod claim;
 mod core;
 mod handle;
 mod join;
+mod launched;
 mod map;
 mod process_pool;
 mod protocol;

@@ -217,7 +217,7 @@ pub(crate) struct WorkerSlot<L> {
     // Smoothed time a job takes, seen from here (from becoming head to its answer).
     job_time: Option<Duration>,
     dispatched: u64,
-    ready: bool,
+    pub(crate) ready: bool,
     pub(crate) killed: Option<KillReason>,
     // Why its connection could not be read further, if it broke.
     broken: Option<String>,
