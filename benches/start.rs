@@ -1,9 +1,12 @@
 //! How fast a child starts, against a raw `fork` + `waitpid` measured in the same run,
-//! in alternating rounds (the cost of a fork drifts within a minute on a VM); a burst
-//! of 100 spawns awaited together; and a child that needs a 50 MiB table, with and
+//! in alternating rounds (the cost of a fork drifts within a minute on a VM): to the
+//! result in hand and to the exit reaped, by a warm (parked) fork-server child, by a
+//! fork-server child with none parked, and by exec; a burst of 100 spawns awaited
+//! together; and a child that needs a 50 MiB table, with and
 //! without the table built by a preload in the fork server.
 //!
-//! `cargo bench --bench start`. Prints a Markdown table.
+//! `cargo bench --bench start` (`START_BENCH_ROUNDS` for fewer than 40 rounds). Prints
+//! Markdown tables.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,7 +42,7 @@ fn table_entry(i: usize) -> u64 {
 /// What a timed run waits for.
 #[derive(Clone, Copy)]
 enum Until {
-    /// The result in hand: the handle awaited by value.
+    /// The result in hand: `result`.
     Result,
     /// The exit reaped: `join`.
     Reaped,
@@ -76,7 +79,7 @@ async fn spawn_times(
             .unwrap();
         let pid = child.pid();
         let value = match until {
-            Until::Result => child.await.unwrap(),
+            Until::Result => child.result().await.unwrap(),
             Until::Reaped => child.join().await.unwrap(),
         };
         times.push(start.elapsed());
@@ -161,10 +164,24 @@ fn main() {
     let mut server: [[Vec<Duration>; 2]; 2] = Default::default();
     let mut exec: [Vec<Duration>; 2] = Default::default();
     let (mut warm_runs, mut warm_hits) = (0, 0);
-    for round in 0..40 {
+    let rounds: usize = std::env::var("START_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(40);
+    for round in 0..rounds {
         floor.extend(raw_fork_times(10));
         for (w, warm) in [true, false].into_iter().enumerate() {
             multiprocess::set_max_parked(if warm { 16 } else { 0 });
+            if warm {
+                // Demand again after the cold rows, so that children get parked.
+                rt.block_on(spawn_times(
+                    StartMethod::Forkserver,
+                    Until::Reaped,
+                    None,
+                    1,
+                    &mut hits,
+                ));
+            }
             for (u, until) in [Until::Result, Until::Reaped].into_iter().enumerate() {
                 let mut hit = 0;
                 let times = rt.block_on(spawn_times(

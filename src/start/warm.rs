@@ -74,6 +74,10 @@ pub(crate) const IDLE_STEP: Duration = Duration::from_millis(500);
 /// stopped or starved one takes this long, and the spawn then goes on without it.
 const START_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long after a spawn the keeper waits before it has the zygote fork a
+/// replacement, so as not to compete with the child just started.
+const REFILL_AFTER: Duration = Duration::from_millis(2);
+
 /// Spawns try this many parked children that turn out dead before starting by exec.
 const ATTEMPTS: usize = 4;
 
@@ -472,8 +476,17 @@ fn keep_pool() {
             forkserver::forget_dead(pid);
         }
         if let Some(server) = wanted {
+            let since = pool().quiet_since.map(|t| t.elapsed());
+            match since {
+                // Not while the child just taken starts: on a machine with few CPUs the
+                // fork would compete with it.
+                Some(since) if since < REFILL_AFTER => {
+                    let left = (REFILL_AFTER - since).as_millis() as i32 + 1;
+                    let _ = sys::poll_readable(&[keeper.wake.as_fd()], left);
+                }
+                _ => park_one_ahead(server),
+            }
             drop(watched);
-            park_one_ahead(server);
             continue;
         }
         let mut fds = vec![keeper.wake.as_fd()];
