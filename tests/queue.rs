@@ -749,3 +749,42 @@ async fn a_get_that_takes_over_a_cancelled_read_ends_its_task() {
     drop(queue);
     leaks.finish().await;
 }
+
+fn get_one(queue: Queue<Vec<u8>>) -> Vec<u8> {
+    queue.get_blocking().unwrap()
+}
+
+/// A large `put` cancelled mid-frame on a current-thread runtime leaves the rest of
+/// its frame to a task of that runtime, and the frame holds the write lock; a
+/// `put_blocking` on the runtime's own thread cannot wait for that task: it finishes
+/// the frame itself (marked withdrawn, so no consumer takes it) and puts its message.
+#[tokio::test]
+async fn a_blocking_put_on_the_runtime_thread_finishes_a_cancelled_large_put() {
+    let leaks = common::LeakCheck::start().await;
+    let queue = Queue::<Vec<u8>>::new(4).unwrap();
+    let q = queue.clone();
+    let put = returns_within(Duration::from_secs(60), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            {
+                // Far more than the socket holds, with nobody reading: it stops mid-frame.
+                let mut put = std::pin::pin!(q.put(vec![7u8; 8 << 20]));
+                assert!(futures::poll!(put.as_mut()).is_pending());
+            }
+            // Room comes from a consumer in another process.
+            let consumer = spawn_process(get_one, q.clone()).unwrap();
+            let put = q.put_blocking(vec![1, 2, 3]);
+            (put, consumer)
+        })
+    });
+    let (put, consumer) = put.expect("put_blocking on the runtime's thread returned");
+    put.unwrap();
+    // The cancelled message was withdrawn: the consumer got the one after it.
+    assert_eq!(consumer.await.unwrap(), [1, 2, 3]);
+    assert!(queue.is_empty());
+    drop(queue);
+    leaks.finish().await;
+}

@@ -9,7 +9,8 @@
 //! blocks a runtime thread, or finishes it on the spot outside a runtime.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
 use super::frame::{DELIVERED, FrameRead, RawFrame, WITHDRAWN};
 use super::ring::{Bell, INLINE, Inner, Placed, Taken};
@@ -36,6 +37,9 @@ enum PutStage {
     Lock,
     /// Holding a place; waiting for room in the ring.
     Room,
+    /// Holding a place; finishing the frame of a cancelled `put` of this process,
+    /// which holds the write lock this one needs.
+    TakenOver,
     /// The mark is placed and the write lock held: writing the frame.
     Flush,
     Done,
@@ -54,6 +58,8 @@ pub(super) struct Put<'q> {
     nowait: bool,
     /// This operation counted as a waiter on what it waits for now.
     counted: Option<Counted<'q>>,
+    /// The frame of a cancelled `put`, taken over.
+    taken_over: Option<LeftWrite>,
 }
 
 impl<'q> Put<'q> {
@@ -81,6 +87,7 @@ impl<'q> Put<'q> {
             stage: PutStage::Reserve,
             nowait,
             counted: None,
+            taken_over: None,
         })
     }
 
@@ -97,7 +104,29 @@ impl<'q> Put<'q> {
                     enlist,
                     || inner.try_reserve(),
                 )?,
-                PutStage::Lock => inner.write_lock.attempt(&mut self.counted, enlist, true)?,
+                PutStage::Lock => {
+                    // A cancelled put's frame, still being written, holds the write
+                    // lock: this put finishes it rather than wait for the task writing
+                    // it, which may be unable to run while this thread waits.
+                    if let Some(left) = (enlist).then(|| inner.unfinished_write.adopt()).flatten() {
+                        self.taken_over = Some(left);
+                        self.stage = PutStage::TakenOver;
+                        continue;
+                    }
+                    inner.write_lock.attempt(&mut self.counted, enlist, true)?
+                }
+                PutStage::TakenOver => {
+                    let left = self.taken_over.as_mut().expect("taken over");
+                    let flushed = match flush_attempt(&mut left.frame, &inner.room) {
+                        Ok(Attempt::Ready(())) => Ok(()),
+                        Ok(other) => return Ok(other),
+                        Err(err) => Err(err),
+                    };
+                    let left = self.taken_over.take().expect("taken over");
+                    settle_write(inner, flushed, left.withdrawn);
+                    self.stage = PutStage::Lock;
+                    continue;
+                }
                 PutStage::Room => {
                     let need = Inner::entry_len(&self.payload, self.inline);
                     inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || {
@@ -171,9 +200,14 @@ impl Drop for Put<'_> {
         match self.stage {
             PutStage::Reserve | PutStage::Done => {}
             PutStage::Lock | PutStage::Room => self.inner.unput(),
+            PutStage::TakenOver => {
+                self.inner.unput();
+                let left = self.taken_over.take().expect("taken over");
+                WriteRest::leave(self.inner, left);
+            }
             PutStage::Flush => {
                 let frame = self.frame.take().expect("built for a mark");
-                WriteRest::start(self.inner.clone(), frame);
+                WriteRest::start(self.inner, frame);
             }
         }
     }
@@ -190,21 +224,88 @@ fn flush_attempt<'q>(frame: &mut WriteHalf, room: &'q RoomWatch) -> Result<Attem
 /// The rest of a frame whose `put` was dropped after the frame had begun: its mark
 /// promises it, so it is finished, marked withdrawn (unless its status byte was sent
 /// already) so that no consumer takes it. A cancelled `put` has put nothing.
-struct WriteRest {
-    inner: Arc<Inner>,
-    frame: Option<WriteHalf>,
+pub(super) struct LeftWrite {
+    frame: WriteHalf,
     withdrawn: bool,
 }
 
+/// A [`LeftWrite`] until it is written: by a task of the runtime the `put` ran in, or
+/// by the next waiting `put` of this process, whichever comes first. A blocking `put`
+/// on the thread of a current-thread runtime could not wait for that runtime's task
+/// (the frame holds the write lock, and the task cannot run while the thread blocks),
+/// so it takes the write over. There is at most one: it holds the write lock.
+#[derive(Default)]
+pub(super) struct UnfinishedWrite {
+    /// Whether `write` holds one, read without the lock by every waiting `put`.
+    present: AtomicBool,
+    write: Mutex<Option<LeftWrite>>,
+}
+
+impl UnfinishedWrite {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<LeftWrite>> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leave(&self, left: LeftWrite) {
+        let mut slot = self.slot();
+        *slot = Some(left);
+        self.present.store(true, SeqCst);
+    }
+
+    /// Takes the write over, if there is one.
+    #[inline]
+    fn adopt(&self) -> Option<LeftWrite> {
+        match self.present.load(SeqCst) {
+            false => None,
+            true => self.adopt_locked(),
+        }
+    }
+
+    #[cold]
+    fn adopt_locked(&self) -> Option<LeftWrite> {
+        let mut slot = self.slot();
+        self.present.store(false, SeqCst);
+        slot.take()
+    }
+
+    /// One attempt of a task at the write: `Ready(None)` once there is none left (a
+    /// `put` took it over), else `Ready(Some((outcome, withdrawn)))` once it is written.
+    /// A task waiting for room when a `put` takes the write over is woken by the room
+    /// that `put` waits for, and then ends.
+    fn attempt<'q>(&self, room: &'q RoomWatch) -> Result<Attempt<'q, Option<Written>>> {
+        let mut slot = self.slot();
+        let Some(left) = slot.as_mut() else {
+            return Ok(Attempt::Ready(None));
+        };
+        let outcome = match flush_attempt(&mut left.frame, room) {
+            Ok(Attempt::Ready(())) => Ok(()),
+            Ok(Attempt::Again) => return Ok(Attempt::Again),
+            Ok(Attempt::Wait(wait)) => return Ok(Attempt::Wait(wait)),
+            Err(err) => Err(err),
+        };
+        let withdrawn = left.withdrawn;
+        *slot = None;
+        self.present.store(false, SeqCst);
+        Ok(Attempt::Ready(Some((outcome, withdrawn))))
+    }
+}
+
+/// How a [`LeftWrite`] ended, and whether it was withdrawn.
+type Written = (Result<()>, bool);
+
+/// Finishes a [`LeftWrite`] on a task of the runtime, or here outside one.
+struct WriteRest(Arc<Inner>);
+
 impl WriteRest {
-    fn start(inner: Arc<Inner>, mut frame: WriteHalf) {
+    fn start(inner: &Arc<Inner>, mut frame: WriteHalf) {
         // The status byte goes last: unless all was written, it is unsent.
         let withdrawn = frame.replace_last_unsent(WITHDRAWN);
-        let rest = WriteRest {
-            inner,
-            frame: Some(frame),
-            withdrawn,
-        };
+        Self::leave(inner, LeftWrite { frame, withdrawn });
+    }
+
+    fn leave(inner: &Arc<Inner>, left: LeftWrite) {
+        inner.unfinished_write.leave(left);
+        let rest = WriteRest(inner.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(rest.run())),
             // Outside a runtime: the drop finishes it here.
@@ -212,22 +313,19 @@ impl WriteRest {
         }
     }
 
-    async fn run(mut self) {
-        let room = &self.inner.room;
-        let frame = self.frame.as_mut().expect("not finished");
-        let flushed = drive(Patience::FOREVER, || flush_attempt(frame, room)).await;
-        self.settle(flushed.map(drop));
-    }
-
-    fn settle(&mut self, flushed: Result<()>) {
-        self.frame = None;
-        if let Err(err) = flushed {
-            tracing::warn!(%err, "queue put cancelled; the rest of its message could not be written");
-        }
-        self.inner.frame_written();
-        self.inner.write_lock.unlock();
-        if self.withdrawn {
-            self.inner.withdrawn();
+    async fn run(self) {
+        let inner = &self.0;
+        let attempt = || inner.unfinished_write.attempt(&inner.room);
+        match drive(Patience::FOREVER, attempt).await {
+            Ok(Some(Some((flushed, withdrawn)))) => settle_write(inner, flushed, withdrawn),
+            // Taken over by a `put`.
+            Ok(_) => {}
+            // The wait itself failed: the write is given up.
+            Err(err) => {
+                if let Some(left) = inner.unfinished_write.adopt() {
+                    settle_write(inner, Err(err), left.withdrawn);
+                }
+            }
         }
     }
 }
@@ -235,11 +333,24 @@ impl WriteRest {
 impl Drop for WriteRest {
     fn drop(&mut self) {
         // Not finished by a task (no runtime, or the runtime is shutting down).
-        if let Some(frame) = self.frame.as_mut() {
-            let room = &self.inner.room;
-            let flushed = drive_blocking(Patience::FOREVER, || flush_attempt(frame, room));
-            self.settle(flushed.map(drop));
+        let inner = &self.0;
+        if let Some(mut left) = inner.unfinished_write.adopt() {
+            let room = &inner.room;
+            let flushed = drive_blocking(Patience::FOREVER, || flush_attempt(&mut left.frame, room));
+            settle_write(inner, flushed.map(drop), left.withdrawn);
         }
+    }
+}
+
+/// A cancelled `put`'s frame is written (or failed): releases the write lock it held.
+fn settle_write(inner: &Inner, flushed: Result<()>, withdrawn: bool) {
+    if let Err(err) = flushed {
+        tracing::warn!(%err, "queue put cancelled; the rest of its message could not be written");
+    }
+    inner.frame_written();
+    inner.write_lock.unlock();
+    if withdrawn {
+        inner.withdrawn();
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::frame::{self, Pending, RawFrame, UnfinishedRead};
+use super::ops::UnfinishedWrite;
 use super::layout::{
     self, DATA_WAKE, DONE_WAKE, OPEN, READ_LOCK, RING, SHUT, SHUT_NOW, SPACE_WAKE, Shared,
     WRITE_LOCK,
@@ -42,6 +43,8 @@ pub(super) struct Inner {
     pub(super) pending: Pending,
     /// The frame of a `get` cancelled mid-frame, while it is still being read.
     pub(super) unfinished_read: UnfinishedRead,
+    /// The frame of a `put` cancelled mid-frame, while it is still being written.
+    pub(super) unfinished_write: UnfinishedWrite,
 }
 
 /// What a producer holding the write lock did with its message.
@@ -109,6 +112,7 @@ impl Inner {
             state,
             pending: Pending::default(),
             unfinished_read: UnfinishedRead::default(),
+            unfinished_write: UnfinishedWrite::default(),
         })
     }
 
