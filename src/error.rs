@@ -125,7 +125,9 @@ pub enum Error {
     },
     /// The program a launcher ran on another host is a different build from this one,
     /// so no function of ours can be named there. Nothing was run.
-    #[error("{host} runs a different build of the program: its identity is {theirs}, ours is {ours}")]
+    #[error(
+        "{host} runs a different build of the program: its identity is {theirs}, ours is {ours}"
+    )]
     BuildMismatch {
         /// The far side, as the launcher names it, and its host name.
         host: String,
@@ -498,12 +500,7 @@ fn clone_io(err: &io::Error) -> io::Error {
 // prints the same text.
 
 /// The one-line form: what `Tidy` prints and what `Error::Panicked` displays.
-pub(crate) fn one_line(
-    process: &str,
-    pid: u32,
-    location: Option<&str>,
-    message: &str,
-) -> String {
+pub(crate) fn one_line(process: &str, pid: u32, location: Option<&str>, message: &str) -> String {
     let mut line = format!("process '{process}' (pid {pid}) panicked");
     if let Some(location) = location {
         line.push_str(" at ");
@@ -572,10 +569,7 @@ mod clone_tests {
         for err in &errors {
             let copy = err.clone();
             assert_eq!(copy.to_string(), err.to_string());
-            assert_eq!(
-                std::mem::discriminant(&copy),
-                std::mem::discriminant(err)
-            );
+            assert_eq!(std::mem::discriminant(&copy), std::mem::discriminant(err));
             if let (Error::Io(a), Error::Io(b)) = (&copy, err) {
                 assert_eq!((a.kind(), a.raw_os_error()), (b.kind(), b.raw_os_error()));
             }

@@ -82,8 +82,6 @@ pub(crate) struct ExitWatch {
     listed: u64,
 }
 
-
-
 /// How a child of ours ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -192,7 +190,11 @@ impl ExitWatch {
 
     /// Starts watching a child of ours whose pidfd we already hold, perhaps opened a
     /// while ago: whether descriptors are short is judged from `just_opened` too.
-    pub(crate) fn from_old_pidfd(pid: u32, pidfd: OwnedFd, just_opened: BorrowedFd<'_>) -> ExitWatch {
+    pub(crate) fn from_old_pidfd(
+        pid: u32,
+        pidfd: OwnedFd,
+        just_opened: BorrowedFd<'_>,
+    ) -> ExitWatch {
         let scarce = crate::limits::descriptors_scarce(just_opened)
             || crate::limits::descriptors_scarce(pidfd.as_fd());
         let pidfd = match scarce {

@@ -161,26 +161,43 @@ compile_error!(
 );
 
 /// Compiles the items it is given on Linux only, so that elsewhere the error above is the
-/// only one a build reports (instead of one per unresolved Linux interface).
+/// only one a build reports (instead of one per unresolved Linux interface). Modules are
+/// declared outside it, each under its own `cfg`, so that rustfmt reaches their files.
 macro_rules! on_linux {
     ($($item:item)*) => { $(#[cfg(target_os = "linux")] $item)* };
 }
 
-on_linux! {
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod exit;
+#[cfg(all(target_os = "linux", feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(target_os = "linux")]
 mod ipc;
+#[cfg(target_os = "linux")]
 mod limits;
+#[cfg(target_os = "linux")]
 mod net;
+#[cfg(target_os = "linux")]
 mod pool;
+#[cfg(target_os = "linux")]
 mod process;
+#[cfg(target_os = "linux")]
 mod queue;
+#[cfg(target_os = "linux")]
 mod remote;
+#[cfg(target_os = "linux")]
 mod shm;
+#[cfg(target_os = "linux")]
 mod start;
+#[cfg(target_os = "linux")]
 mod sync;
+#[cfg(target_os = "linux")]
 mod sys;
 
+on_linux! {
 pub use error::{Error, Result};
 pub use start::PanicOutput;
 pub use exit::{Reaper, reaper};
@@ -203,9 +220,6 @@ pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
 };
 
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 
 /// Signals, as accepted by [`Process::signal`].
 ///

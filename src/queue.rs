@@ -129,7 +129,11 @@ impl<T> Queue<T> {
     pub fn len(&self) -> u32 {
         match self.inner.is_shut_down_now() {
             true => 0,
-            false => self.shared().items.0.load(std::sync::atomic::Ordering::SeqCst),
+            false => self
+                .shared()
+                .items
+                .0
+                .load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 
@@ -358,7 +362,10 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// See [`Queue`] for an example.
     pub async fn get(&self) -> Result<T> {
-        let frame = self.get_raw(Patience::FOREVER).await.and_then(waited_forever)?;
+        let frame = self
+            .get_raw(Patience::FOREVER)
+            .await
+            .and_then(waited_forever)?;
         self.finish(frame)
     }
 
@@ -381,7 +388,9 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub fn try_get(&self) -> Result<T> {
-        let frame = self.get_raw_blocking(Patience::Never)?.ok_or(Error::Empty)?;
+        let frame = self
+            .get_raw_blocking(Patience::Never)?
+            .ok_or(Error::Empty)?;
         self.finish(frame)
     }
 

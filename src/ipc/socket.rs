@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::sys::reactor::ReadableFd;
 use super::wire::{self, HEADER_LEN};
 use crate::error::{Error, Result};
+use crate::sys::reactor::ReadableFd;
 use crate::sys::{self, Wait};
 
 mod bytes;

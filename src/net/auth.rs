@@ -111,7 +111,8 @@ impl AuthKey {
     /// ```
     pub fn from_hex(hex: &str) -> Result<AuthKey> {
         let hex = hex.trim();
-        let invalid = || Error::InvalidArgument("an authkey in hex has an even number of hex digits".into());
+        let invalid =
+            || Error::InvalidArgument("an authkey in hex has an even number of hex digits".into());
         if hex.len() % 2 != 0 || !hex.is_ascii() {
             return Err(invalid());
         }
@@ -177,8 +178,11 @@ impl From<&AuthKey> for AuthKey {
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0; N];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Io(io::Error::other(format!("no random bytes from the OS: {e}"))))?;
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::Io(io::Error::other(format!(
+            "no random bytes from the OS: {e}"
+        )))
+    })?;
     Ok(bytes)
 }
 
@@ -217,9 +221,9 @@ pub(crate) fn handshake_io_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe => Error::Authentication(
-            "the peer closed the connection during the handshake".into(),
-        ),
+        | io::ErrorKind::BrokenPipe => {
+            Error::Authentication("the peer closed the connection during the handshake".into())
+        }
         _ => Error::Io(e),
     }
 }
@@ -259,7 +263,9 @@ impl<'k> ListenerSide<'k> {
         // `verify_slice` compares in constant time.
         if expected.verify_slice(proof).is_err() {
             return Err(Rejection {
-                error: Error::Authentication("the client's proof does not match our authkey".into()),
+                error: Error::Authentication(
+                    "the client's proof does not match our authkey".into(),
+                ),
                 tell: true,
             });
         }
@@ -280,7 +286,10 @@ struct ClientSide<'k> {
 }
 
 impl<'k> ClientSide<'k> {
-    fn respond(key: &'k AuthKey, challenge: &[u8; CHALLENGE_LEN]) -> Result<(Self, [u8; RESPONSE_LEN])> {
+    fn respond(
+        key: &'k AuthKey,
+        challenge: &[u8; CHALLENGE_LEN],
+    ) -> Result<(Self, [u8; RESPONSE_LEN])> {
         let (magic, listener_nonce) = challenge.split_at(MAGIC.len());
         if magic == TLS_MAGIC {
             return Err(Error::Tls(
@@ -311,7 +320,9 @@ impl<'k> ClientSide<'k> {
                 "the listener refused our proof: the authkeys differ".into(),
             ));
         }
-        let expected = self.key.mac(LISTENER_LABEL, &self.listener_nonce, &self.nonce);
+        let expected = self
+            .key
+            .mac(LISTENER_LABEL, &self.listener_nonce, &self.nonce);
         expected.verify_slice(&verdict[1..]).map_err(|_| {
             Error::Authentication("the listener's proof does not match our authkey".into())
         })
@@ -365,12 +376,21 @@ where
 
 /// Reads the listener's verdict; a refusal is one byte followed by the end of the
 /// connection, so it is recognised from its first byte.
-async fn read_verdict<T: AsyncRead + Unpin>(stream: &mut T, verdict: &mut [u8; VERDICT_LEN]) -> Result<()> {
-    stream.read_exact(&mut verdict[..1]).await.map_err(handshake_io_error)?;
+async fn read_verdict<T: AsyncRead + Unpin>(
+    stream: &mut T,
+    verdict: &mut [u8; VERDICT_LEN],
+) -> Result<()> {
+    stream
+        .read_exact(&mut verdict[..1])
+        .await
+        .map_err(handshake_io_error)?;
     if verdict[0] != ACCEPT {
         return Ok(());
     }
-    stream.read_exact(&mut verdict[1..]).await.map_err(handshake_io_error)?;
+    stream
+        .read_exact(&mut verdict[1..])
+        .await
+        .map_err(handshake_io_error)?;
     Ok(())
 }
 
@@ -405,7 +425,9 @@ impl<T: TimedStream> Deadlined<'_, T> {
     fn arm(&self) -> Result<()> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Timeout { after: self.timeout });
+            return Err(Error::Timeout {
+                after: self.timeout,
+            });
         }
         self.stream.set_timeouts(Some(left))?;
         Ok(())
@@ -413,7 +435,9 @@ impl<T: TimedStream> Deadlined<'_, T> {
 
     fn fail(&self, e: io::Error) -> Error {
         match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout { after: self.timeout },
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                after: self.timeout,
+            },
             _ => handshake_io_error(e),
         }
     }
@@ -483,7 +507,10 @@ mod tests {
     use super::*;
 
     /// Runs both sides over an in-memory duplex stream.
-    async fn run(listener_key: &AuthKey, client_key: &AuthKey) -> (Result<(), Rejection>, Result<()>) {
+    async fn run(
+        listener_key: &AuthKey,
+        client_key: &AuthKey,
+    ) -> (Result<(), Rejection>, Result<()>) {
         let (mut a, mut b) = tokio::io::duplex(256);
         // As the listener does: tell a refused peer, then close.
         let listener = async {
@@ -567,13 +594,21 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut listener = Counting { inner: a, read: 0 };
         // A peer that answers the challenge with a megabyte of the right magic.
-        let flood = MAGIC.iter().copied().cycle().take(1 << 20).collect::<Vec<u8>>();
+        let flood = MAGIC
+            .iter()
+            .copied()
+            .cycle()
+            .take(1 << 20)
+            .collect::<Vec<u8>>();
         let peer = tokio::spawn(async move {
             let _ = b.write_all(&flood).await;
             b
         });
         let rejection = listener_handshake(&mut listener, &AuthKey::from("k")).await;
-        assert!(matches!(rejection.err().unwrap().error, Error::Authentication(_)));
+        assert!(matches!(
+            rejection.err().unwrap().error,
+            Error::Authentication(_)
+        ));
         assert!(listener.read <= MAX_PREAUTH_READ, "read {}", listener.read);
         drop(listener);
         drop(peer.await.unwrap());
@@ -584,8 +619,10 @@ mod tests {
         let key = AuthKey::from("k");
         let (a, mut b) = tokio::io::duplex(4096);
         let mut listener = Counting { inner: a, read: 0 };
-        let (listened, connected) =
-            tokio::join!(listener_handshake(&mut listener, &key), client_handshake(&mut b, &key));
+        let (listened, connected) = tokio::join!(
+            listener_handshake(&mut listener, &key),
+            client_handshake(&mut b, &key)
+        );
         assert!(listened.is_ok());
         connected.unwrap();
         assert_eq!(listener.read, MAX_PREAUTH_READ);
@@ -608,7 +645,10 @@ mod tests {
     #[test]
     fn hex_round_trip_and_garbage() {
         let key = AuthKey::random().unwrap();
-        assert_eq!(AuthKey::from_hex(&key.to_hex()).unwrap().as_bytes(), key.as_bytes());
+        assert_eq!(
+            AuthKey::from_hex(&key.to_hex()).unwrap().as_bytes(),
+            key.as_bytes()
+        );
         assert!(AuthKey::from_hex("abc").is_err());
         assert!(AuthKey::from_hex("zz").is_err());
         assert!(AuthKey::from_hex("é1").is_err());

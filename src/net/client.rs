@@ -2,8 +2,8 @@
 
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
@@ -197,7 +197,9 @@ impl Client {
         use super::tls::connect;
         match &self.address {
             Address::Tcp(addr) => connect(TcpStream::connect(addr).await?, tls, key).await,
-            Address::Host(host) => connect(TcpStream::connect(host.as_str()).await?, tls, key).await,
+            Address::Host(host) => {
+                connect(TcpStream::connect(host.as_str()).await?, tls, key).await
+            }
             Address::Unix(path) => connect(unix_async(path).await?, tls, key).await,
         }
     }
@@ -251,7 +253,9 @@ impl Client {
     /// listener's queue: a blocking Unix `connect` to a full queue otherwise waits until
     /// the listener accepts, however long that takes.
     fn unix_blocking(&self, path: &Path, deadline: Instant) -> Result<StdUnixStream> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt};
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt,
+        };
         let timeout = Error::Timeout {
             after: self.timeout,
         };
@@ -259,7 +263,13 @@ impl Client {
         if left.is_zero() {
             return Err(timeout);
         }
-        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(io_error)?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io_error)?;
         // Bounds the wait for room in the queue (and later writes, until the handshake
         // sets its own limits).
         let limit = nix::sys::time::TimeVal::new(
@@ -281,7 +291,12 @@ impl Client {
     }
 
     /// Tries each address in turn until one connects, then authenticates on it.
-    fn tcp_blocking(&self, addrs: &[SocketAddr], key: &AuthKey, deadline: Instant) -> Result<OwnedFd> {
+    fn tcp_blocking(
+        &self,
+        addrs: &[SocketAddr],
+        key: &AuthKey,
+        deadline: Instant,
+    ) -> Result<OwnedFd> {
         let mut last = None;
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -300,7 +315,10 @@ impl Client {
             }
         }
         Err(Error::Io(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "the host name resolved to no address")
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            )
         })))
     }
 }
@@ -311,7 +329,8 @@ fn io_error(e: nix::errno::Errno) -> Error {
 
 /// The first and the longest pause between tries to connect to a Unix socket whose
 /// queue is full.
-const QUEUE_FULL_BACKOFF: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
+const QUEUE_FULL_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_millis(100));
 
 /// Connects to a Unix socket, trying again while the listener's queue is full (a
 /// non-blocking Unix `connect` fails at once then, where TCP would wait) until the

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::address::Address;
 use super::Authenticated;
+use super::address::Address;
 use super::auth::{self, AuthKey};
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
@@ -284,8 +284,15 @@ impl Listener {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn bind(address: impl Into<Address>, authkey: impl Into<AuthKey>) -> Result<Listener> {
-        Listener::builder().address(address).authkey(authkey).bind().await
+    pub async fn bind(
+        address: impl Into<Address>,
+        authkey: impl Into<AuthKey>,
+    ) -> Result<Listener> {
+        Listener::builder()
+            .address(address)
+            .authkey(authkey)
+            .bind()
+            .await
     }
 
     /// The next authenticated connection, as a [`Connection`] sending `S` and receiving
@@ -313,7 +320,9 @@ impl Listener {
     /// ```
     pub async fn accept<S, R>(&self) -> Result<Connection<S, R>> {
         let accepted = self.incoming.lock().await.recv().await.ok_or_else(|| {
-            Error::Io(std::io::Error::other("the listener's accept loop has stopped"))
+            Error::Io(std::io::Error::other(
+                "the listener's accept loop has stopped",
+            ))
         })?;
         *self.last_accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(accepted.peer);
         accepted.conn.into_connection()
@@ -347,7 +356,10 @@ impl Listener {
     /// # }
     /// ```
     pub fn last_accepted(&self) -> Option<Address> {
-        self.last_accepted.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How many peers were turned away so far: wrong key, not this crate's handshake,
@@ -418,7 +430,11 @@ impl Incoming {
             Address::Unix(path) => {
                 let socket = bind_unix(path).await?;
                 let file = SocketFile::new(path)?;
-                Ok((Incoming::Unix(socket), Address::Unix(path.clone()), Some(file)))
+                Ok((
+                    Incoming::Unix(socket),
+                    Address::Unix(path.clone()),
+                    Some(file),
+                ))
             }
         }
     }

@@ -251,7 +251,9 @@ async fn hung_up(watch: &OwnedFd) {
         // POLLHUP is reported whatever is asked for, once both directions are shut.
         let mut fds = [PollFd::new(watch.as_fd(), PollFlags::empty())];
         let closed = poll(&mut fds, PollTimeout::ZERO).is_ok()
-            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP));
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP));
         if closed {
             return;
         }

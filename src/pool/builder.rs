@@ -328,7 +328,11 @@ impl PoolBuilder {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn listen(mut self, address: impl Into<crate::Address>, authkey: impl Into<crate::AuthKey>) -> Self {
+    pub fn listen(
+        mut self,
+        address: impl Into<crate::Address>,
+        authkey: impl Into<crate::AuthKey>,
+    ) -> Self {
         std::hint::black_box(&super::join::JOIN_HOOK);
         self.listen = Some((address.into(), authkey.into()));
         self
@@ -532,7 +536,6 @@ impl PoolBuilder {
     }
 }
 
-
 /// Workers die with the pool's process, are killed with the pool, and carry a name.
 fn spawner<F>(
     name: String,
@@ -589,7 +592,6 @@ impl std::fmt::Debug for PoolBuilder {
             .finish()
     }
 }
-
 
 impl ProcessPool {
     /// Starts configuring a pool.

@@ -102,7 +102,9 @@ impl<'de> Deserialize<'de> for ClaimBoard {
         let (memory, cells) = <(SharedMemory, u64)>::deserialize(deserializer)?;
         let cells = cells as usize;
         if cells.checked_mul(8).is_none_or(|len| len > memory.len()) {
-            return Err(serde::de::Error::custom("claim board larger than its memory"));
+            return Err(serde::de::Error::custom(
+                "claim board larger than its memory",
+            ));
         }
         Ok(ClaimBoard { memory, cells })
     }

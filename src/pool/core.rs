@@ -85,7 +85,9 @@ enum End {
 
 impl Live {
     fn feed(&self, item: Feed) -> bool {
-        self.jobs.as_ref().is_some_and(|jobs| jobs.send(item).is_ok())
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(item).is_ok())
     }
 }
 
@@ -264,7 +266,8 @@ impl Core {
         let (ours, process, link, jobs) = match started {
             Ok(started) => started,
             Err((step, err)) => {
-                let retry = state.start_failed(replacement, step_failed(step, &err), Instant::now());
+                let retry =
+                    state.start_failed(replacement, step_failed(step, &err), Instant::now());
                 drop(state);
                 tracing::warn!(error = %err, retry, "could not start a pool worker");
                 // The watchdog fails queued tasks if this lasts too long.
@@ -289,8 +292,8 @@ impl Core {
     /// A worker process, its connection, the pool's link to it and the receiving end
     /// of its job stream; on failure, the step that failed.
     fn start_worker_process(&self) -> Result<StartedWorker, (StartStep, Error)> {
-        let (ours, theirs) = crate::ipc::pipe::<ToWorker, FromWorker>()
-            .map_err(|e| (StartStep::Connection, e))?;
+        let (ours, theirs) =
+            crate::ipc::pipe::<ToWorker, FromWorker>().map_err(|e| (StartStep::Connection, e))?;
         let board = ClaimBoard::new(2 * self.window()).map_err(|e| (StartStep::Board, e))?;
         let process = (self.config.spawn)(theirs.retype(), board.clone_handle())
             .map_err(|e| (StartStep::Spawn, e))?;
@@ -716,7 +719,8 @@ async fn read_joined(
     let status = match end {
         Some(Error::Disconnected) if core.lock().hung_up_on(key) => ExitStatus::from_raw(0),
         Some(end) => {
-            core.lock().lost(key, format!("the connection to it was lost: {end}"));
+            core.lock()
+                .lost(key, format!("the connection to it was lost: {end}"));
             ExitStatus::from_raw(libc::SIGKILL)
         }
         // Cut by the pool, which knows why.

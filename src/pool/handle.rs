@@ -193,7 +193,6 @@ impl<R> std::fmt::Debug for TaskHandle<R> {
     }
 }
 
-
 impl<R: DeserializeOwned> Future for TaskHandle<R> {
     type Output = Result<R>;
 

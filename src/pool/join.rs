@@ -231,7 +231,10 @@ fn join(address: OsString, key_file: Option<OsString>) -> std::result::Result<()
         .map_err(|e| format!("reading the key file {}: {e}", key_file.to_string_lossy()))?;
     let key = key.trim_ascii();
     if key.is_empty() {
-        return Err(format!("the key file {} is empty", key_file.to_string_lossy()));
+        return Err(format!(
+            "the key file {} is empty",
+            key_file.to_string_lossy()
+        ));
     }
     join_with(address, AuthKey::from(key))
 }

@@ -63,7 +63,6 @@ where
     results.flat_map(stream::iter).boxed()
 }
 
-
 /// Python's rule: about four chunks per worker when the length is known.
 fn auto_chunk_size((low, high): (usize, Option<usize>), workers: usize) -> usize {
     let len = high.unwrap_or(low);
@@ -86,4 +85,3 @@ impl<I: Iterator> Iterator for Chunks<I> {
         (!chunk.is_empty()).then_some(chunk)
     }
 }
-

@@ -33,4 +33,3 @@ pub(crate) fn fuzz_decode(data: &[u8]) {
     let _ = crate::ipc::wire::decode_payload::<protocol::ToWorkerIn>(data, Vec::new());
     let _ = crate::ipc::wire::decode_payload::<protocol::FromWorker>(data, Vec::new());
 }
-

@@ -294,7 +294,6 @@ impl Drop for ProcessPool {
     }
 }
 
-
 impl std::fmt::Debug for ProcessPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessPool")
@@ -302,4 +301,3 @@ impl std::fmt::Debug for ProcessPool {
             .finish()
     }
 }
-

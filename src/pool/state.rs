@@ -590,7 +590,11 @@ impl<L: Link> State<L> {
         if self.rules.cancel_running == CancelRunning::KillWorker {
             for slot in self.workers.iter_mut() {
                 if slot.window.front().is_some_and(|r| r.job.id == id) {
-                    tracing::debug!(job = id, worker = slot.pid, "cancelled running task; killing worker");
+                    tracing::debug!(
+                        job = id,
+                        worker = slot.pid,
+                        "cancelled running task; killing worker"
+                    );
                     slot.kill(KillReason::Cancelled(id));
                 }
             }

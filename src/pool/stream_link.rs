@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::protocol::{FromWorker, JobIn, Reply, ToWorkerIn};
 use super::protocol::Failure;
+use super::protocol::{FromWorker, JobIn, Reply, ToWorkerIn};
 use crate::ipc::{Connection, Sender};
 
 /// Why the inbox will get no more jobs.

@@ -12,8 +12,8 @@ use tracing::Instrument;
 use super::claim::{ClaimBoard, Claims};
 use super::protocol::{CallEntry, CallInput, CallOutput, Encoded, Failure, StartArg};
 use super::protocol::{FromWorker, Hello, JobIn, JobKind, Reply, ToWorkerIn};
-use super::stream_link::StreamWorker;
 use super::stateful::Worker;
+use super::stream_link::StreamWorker;
 use crate::ipc::{Connection, PassFd, wire};
 use crate::start::entry::Trampoline;
 use crate::start::panic::{self, Panic};
@@ -76,10 +76,8 @@ impl<A: DeserializeOwned, R: Serialize> Trampoline for CallChunk<A, R> {
     fn run(f: fn(A) -> R, (payload, fds): CallInput) -> CallOutput {
         let args: Vec<A> =
             wire::decode_payload(&payload, fds).map_err(|e| Failure::Decode(e.to_string()))?;
-        let results: Vec<Result<R, Failure>> = args
-            .into_iter()
-            .map(|arg| call_caught(f, arg))
-            .collect();
+        let results: Vec<Result<R, Failure>> =
+            args.into_iter().map(|arg| call_caught(f, arg)).collect();
         wire::encode_value(&results).map_err(|e| Failure::Encode(e.to_string()))
     }
 }
@@ -155,7 +153,10 @@ fn plain_stream(conn: Connection<FromWorker, ToWorkerIn>) {
     };
     while let Some(JobIn(id, kind, payload, fds, _)) = link.next_blocking() {
         let _span = tracing::debug_span!("task", id, worker = std::process::id()).entered();
-        link.answer(reply_of(id, run_call(kind, payload.into_vec(), fds_of(fds))));
+        link.answer(reply_of(
+            id,
+            run_call(kind, payload.into_vec(), fds_of(fds)),
+        ));
     }
     link.finish();
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::start::Options;
 use super::{Command, Process};
 use crate::error::Result;
+use crate::start::Options;
 use crate::start::{self, Entry};
 
 /// Configures and starts a child process running one of our functions.

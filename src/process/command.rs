@@ -6,9 +6,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 
 use super::Process;
-use crate::start::Options;
 use crate::error::{Error, Result};
 use crate::ipc::Connection;
+use crate::start::Options;
 use crate::start::{ChildSetup, spawn_command, watch_or_kill};
 use crate::{exit, sys};
 

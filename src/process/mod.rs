@@ -4,11 +4,11 @@ mod builder;
 mod command;
 mod current;
 
+pub(crate) use crate::start::Options;
+pub use crate::start::StartMethod;
 pub use builder::ProcessBuilder;
 pub use command::Command;
 pub use current::{ActiveChild, CurrentProcess, active_children, current_process};
-pub(crate) use crate::start::Options;
-pub use crate::start::StartMethod;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -238,7 +238,9 @@ impl<R> Process<R> {
     pub fn exitcode(&self) -> Option<i32> {
         use std::os::unix::process::ExitStatusExt;
         let status = self.watch.status()?;
-        status.code().or_else(|| status.signal().map(|signal| -signal))
+        status
+            .code()
+            .or_else(|| status.signal().map(|signal| -signal))
     }
 
     /// The child's pidfd until it is reaped: readable once the child has exited, to

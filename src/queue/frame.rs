@@ -205,7 +205,13 @@ impl FrameRead {
             Part::Payload => &mut self.payload.as_mut().expect("header read")[self.payload_got..],
             Part::Trailer => &mut self.trailer[self.trailer_got..],
         };
-        let n = sys::recv_with_fds(reader.fd(), target, &mut self.control, &mut self.fds, Wait::No)?;
+        let n = sys::recv_with_fds(
+            reader.fd(),
+            target,
+            &mut self.control,
+            &mut self.fds,
+            Wait::No,
+        )?;
         match (n, part) {
             (0, _) => return Ok(None),
             (n, Part::Header) => self.header_got += n,

@@ -142,10 +142,12 @@ impl<T> JoinableQueue<T> {
 
     /// One attempt of `join`.
     fn join_step(&self) -> Result<Step<()>> {
-        Ok(match self.unfinished() == 0 || self.queue.is_shut_down_now() {
-            true => Step::Ready(()),
-            false => Step::Wait(Vec::new()),
-        })
+        Ok(
+            match self.unfinished() == 0 || self.queue.is_shut_down_now() {
+                true => Step::Ready(()),
+                false => Step::Wait(Vec::new()),
+            },
+        )
     }
 
     /// Waits until every message put has been marked done, blocking the calling thread.

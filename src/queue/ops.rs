@@ -98,12 +98,11 @@ impl<'q> Put<'q> {
         let enlist = !self.nowait;
         loop {
             let step = match self.stage {
-                PutStage::Reserve => inner.bell_attempt(
-                    Bell::Space,
-                    &mut self.counted,
-                    enlist,
-                    || inner.try_reserve(),
-                )?,
+                PutStage::Reserve => {
+                    inner.bell_attempt(Bell::Space, &mut self.counted, enlist, || {
+                        inner.try_reserve()
+                    })?
+                }
                 PutStage::Lock => {
                     // A cancelled put's frame, still being written, holds the write
                     // lock: this put finishes it rather than wait for the task writing
@@ -336,7 +335,8 @@ impl Drop for WriteRest {
         let inner = &self.0;
         if let Some(mut left) = inner.unfinished_write.adopt() {
             let room = &inner.room;
-            let flushed = drive_blocking(Patience::FOREVER, || flush_attempt(&mut left.frame, room));
+            let flushed =
+                drive_blocking(Patience::FOREVER, || flush_attempt(&mut left.frame, room));
             settle_write(inner, flushed.map(drop), left.withdrawn);
         }
     }
@@ -415,7 +415,10 @@ impl<'q> Get<'q> {
                 // A cancelled get's frame, still being read: this get finishes it
                 // rather than wait for the task reading it, which may be unable to run
                 // while this thread waits. (A call that never waits leaves it.)
-                if let Some(read) = (!self.nowait).then(|| inner.unfinished_read.adopt()).flatten() {
+                if let Some(read) = (!self.nowait)
+                    .then(|| inner.unfinished_read.adopt())
+                    .flatten()
+                {
                     self.read = Some(read);
                     self.stage = GetStage::Frame;
                     return Ok(Attempt::Again);
@@ -478,8 +481,7 @@ impl<'q> Get<'q> {
             return Ok(Attempt::Ready(frame));
         }
         // Only a call that never waits needs to know before it takes the entry.
-        let socket_head =
-            self.nowait && inner.head_kind().is_some_and(|kind| kind != INLINE);
+        let socket_head = self.nowait && inner.head_kind().is_some_and(|kind| kind != INLINE);
         if socket_head && !inner.frame_arrived()? {
             // Reading it now would mean waiting for its bytes.
             self.stage = GetStage::Start;
@@ -594,7 +596,9 @@ impl Drop for ReadRest {
 fn keep(inner: &Inner, frame: Result<RawFrame>) {
     match frame {
         Ok(frame) if !frame.withdrawn => {
-            tracing::debug!("queue get cancelled in the middle of a message; kept for the next get");
+            tracing::debug!(
+                "queue get cancelled in the middle of a message; kept for the next get"
+            );
             inner.pending.push(frame);
         }
         Ok(_) => {}
@@ -622,7 +626,8 @@ pub(super) fn drop_queued(inner: &Inner) {
                 inner.take();
                 let mut read = FrameRead::new();
                 let writer = &inner.shared().tail.0.writer;
-                if drive_blocking(Patience::FOREVER, || read.attempt(&inner.reader, writer)).is_err()
+                if drive_blocking(Patience::FOREVER, || read.attempt(&inner.reader, writer))
+                    .is_err()
                 {
                     return;
                 }

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::SeqCst;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::frame::{self, Pending, RawFrame, UnfinishedRead};
-use super::ops::UnfinishedWrite;
 use super::layout::{
     self, DATA_WAKE, DONE_WAKE, OPEN, READ_LOCK, RING, SHUT, SHUT_NOW, SPACE_WAKE, Shared,
     WRITE_LOCK,
 };
+use super::ops::UnfinishedWrite;
 use crate::error::{Error, Result};
 use crate::ipc::{PassFd, SocketFd};
 use crate::shm::{SharedMemory, Words};

@@ -22,7 +22,6 @@ use super::protocol::{Activate, CHILD_ENV, Control, EXIT_FAILED, EXIT_PANICKED, 
 use crate::ipc::{ReadHalf, SocketFd, WriteHalf};
 use crate::sys;
 
-
 impl Control {
     fn report<R: Serialize>(&mut self, outcome: &Outcome<R>) {
         flush_stdio();

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::protocol::Entry;
 use super::identity;
 use super::options::Options;
+use super::protocol::Entry;
 use super::protocol::{Outcome, Start};
 use crate::error::Result;
 use crate::exit::ExitWatch;

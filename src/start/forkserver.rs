@@ -42,9 +42,14 @@ enum Reply {
     /// A child parked, with its pid; `Handles` follows. Apart, so that a child whose
     /// descriptors cannot be received (this process out of descriptors) can still be
     /// killed and reaped by its pid.
-    Parked { pid: u32 },
+    Parked {
+        pid: u32,
+    },
     /// The parked child's pidfd, and our end of the socket it is parked on.
-    Handles { pidfd: PassFd, control: PassFd },
+    Handles {
+        pidfd: PassFd,
+        control: PassFd,
+    },
     Failed(String),
     /// A preload panicked (with this message): the zygote forks nothing.
     PreloadFailed(String),
@@ -88,10 +93,7 @@ fn zygote(ZygoteStart { conn, preloads }: ZygoteStart) {
 
 /// Forks a child parked on a new control socket; the reply, and the handles (with our
 /// end of the socket) to send after it.
-fn fork_parked(
-    conn: &mut Option<Connection<Reply, Park>>,
-    parent: u32,
-) -> (Reply, Option<Reply>) {
+fn fork_parked(conn: &mut Option<Connection<Reply, Park>>, parent: u32) -> (Reply, Option<Reply>) {
     let (ours, theirs) = match sys::stream_socketpair() {
         Ok(pair) => pair,
         Err(err) => return (Reply::Failed(err.to_string()), None),
@@ -297,7 +299,10 @@ pub(super) fn park_now() -> Result<Parked> {
 /// `keep` receives it (under whatever lock `keep` takes, so that the child's
 /// descriptors arrive in this process and join the pool as one step). Returns whether
 /// the zygote answered at all; one that did not is killed.
-pub(super) fn park_ahead(server: u32, keep: impl FnOnce(&mut dyn FnMut() -> Result<Parked>)) -> bool {
+pub(super) fn park_ahead(
+    server: u32,
+    keep: impl FnOnce(&mut dyn FnMut() -> Result<Parked>),
+) -> bool {
     let mut slot = lock();
     let Some(zygote) = slot.as_mut().filter(|z| z.pid() == server) else {
         return false;
@@ -338,7 +343,10 @@ fn kill_and_reap(slot: &mut Option<Zygote>) {
 /// handle reaps it.
 pub(super) fn forget_dead(pid: u32) {
     let mut slot = lock();
-    if slot.as_mut().is_some_and(|z| z.pid() == pid && !z.is_alive()) {
+    if slot
+        .as_mut()
+        .is_some_and(|z| z.pid() == pid && !z.is_alive())
+    {
         *slot = None;
     }
 }

@@ -190,7 +190,10 @@ fn trim_frames(text: &str) -> String {
         .map_or(frames.len(), |i| start + i);
     let mut out = String::new();
     for (n, frame) in frames[start..end].iter().enumerate() {
-        let symbol = frame[0].trim_start().split_once(": ").map_or("", |(_, s)| s);
+        let symbol = frame[0]
+            .trim_start()
+            .split_once(": ")
+            .map_or("", |(_, s)| s);
         out.push_str(&format!("{n:>4}: {symbol}\n"));
         for line in &frame[1..] {
             out.push_str(line);
@@ -290,7 +293,10 @@ mod tests {
     #[test]
     fn one_line_escapes_line_breaks() {
         let line = one_line("p", 7, Some("a.rs:1:2"), "left\nright\r");
-        assert_eq!(line, "process 'p' (pid 7) panicked at a.rs:1:2: left\\nright\\r");
+        assert_eq!(
+            line,
+            "process 'p' (pid 7) panicked at a.rs:1:2: left\\nright\\r"
+        );
     }
 
     #[test]

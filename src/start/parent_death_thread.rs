@@ -23,8 +23,12 @@ pub(crate) fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
         let mut thread = THREAD.lock().unwrap_or_else(|p| p.into_inner());
         thread.get_or_insert_with(start).clone()
     };
-    sender.send(job).expect("the parent-death thread never exits");
-    done_rx.recv().expect("the parent-death thread runs every job")
+    sender
+        .send(job)
+        .expect("the parent-death thread never exits");
+    done_rx
+        .recv()
+        .expect("the parent-death thread runs every job")
 }
 
 fn start() -> Sender<Job> {

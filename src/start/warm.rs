@@ -335,7 +335,10 @@ fn activate<A: Serialize>(
     start: &Start,
     arg: &A,
 ) -> Result<Option<Spawned>> {
-    let control = parked.control.take().expect("a parked child has its socket");
+    let control = parked
+        .control
+        .take()
+        .expect("a parked child has its socket");
     let socket = SocketFd::new(control)?;
     let mut write = WriteHalf::new(socket.clone());
     let mut read = ReadHalf::new(socket);

@@ -27,8 +27,8 @@ use super::{
     Attempt, Counted, LOCK_BYTES, NOTIFIER_BYTES, Notifier, OwnerWatch, Patience, Wait, drive,
     drive_blocking, token, waited_forever, watch_owner,
 };
-use crate::ipc::PassFd;
 use crate::error::{Error, Result};
+use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
 use crate::start::entry::{CallPlain, Named};
 
@@ -1021,7 +1021,12 @@ mod tests {
                 let mut wait = Box::pin(barrier.wait());
                 assert!(futures::poll!(wait.as_mut()).is_pending());
                 assert_eq!(barrier.n_waiting(), 1);
-                let held = barrier.inner.guard.try_lock().unwrap().expect("the lock is free");
+                let held = barrier
+                    .inner
+                    .guard
+                    .try_lock()
+                    .unwrap()
+                    .expect("the lock is free");
                 std::mem::forget(held);
                 drop(wait);
                 // Still counted: the task withdraws it once the lock is given back.

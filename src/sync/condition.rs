@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    LOCK_BYTES, Lock, LockGuard, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, is_alive, passed, token,
+    LOCK_BYTES, Lock, LockGuard, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after,
+    is_alive, passed, token,
 };
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
@@ -436,7 +437,9 @@ impl Condition {
         let notified = self
             .inner
             .wake
-            .drive(None, Patience::Until(deadline), || Ok(ready_if(waiter.woken())))
+            .drive(None, Patience::Until(deadline), || {
+                Ok(ready_if(waiter.woken()))
+            })
             .await?;
         let timed_out = notified.is_none() && !waiter.withdraw();
         let guard = self.lock.lock().await?;
@@ -533,10 +536,12 @@ impl Condition {
         self.check(&guard)?;
         let mut waiter = self.register()?;
         drop(guard);
-        let notified =
-            self.inner
-                .wake
-                .drive_blocking(None, Patience::Until(deadline), || Ok(ready_if(waiter.woken())))?;
+        let notified = self
+            .inner
+            .wake
+            .drive_blocking(None, Patience::Until(deadline), || {
+                Ok(ready_if(waiter.woken()))
+            })?;
         let timed_out = notified.is_none() && !waiter.withdraw();
         let guard = self.lock.lock_blocking()?;
         waiter.finish();
@@ -644,8 +649,7 @@ impl Serialize for Condition {
 
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (lock, page, wake) =
-            <(Option<Lock>, SharedMemory, PassFd)>::deserialize(deserializer)?;
+        let (lock, page, wake) = <(Option<Lock>, SharedMemory, PassFd)>::deserialize(deserializer)?;
         let wake = Notifier::from_message(wake, &page, PAGE, WAKE, "condition")?;
         let lock_in_page = lock.is_none();
         Ok(Condition {

@@ -150,7 +150,10 @@ impl Event {
     }
 
     async fn wait_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
-        self.inner.wake.drive(None, Patience::Until(deadline), || self.step()).await
+        self.inner
+            .wake
+            .drive(None, Patience::Until(deadline), || self.step())
+            .await
     }
 
     /// Waits until the flag is set, blocking the calling thread.
@@ -174,7 +177,9 @@ impl Event {
     }
 
     fn wait_blocking_until(&self, deadline: Option<Instant>) -> Result<Option<()>> {
-        self.inner.wake.drive_blocking(None, Patience::Until(deadline), || self.step())
+        self.inner
+            .wake
+            .drive_blocking(None, Patience::Until(deadline), || self.step())
     }
 }
 

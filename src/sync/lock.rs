@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Attempt, Counted, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, watch_owner};
+use super::{
+    Attempt, Counted, NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, watch_owner,
+};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::shm::{SharedMemory, Words};
@@ -381,7 +383,9 @@ impl Lock {
         let taken = self
             .inner
             .wake
-            .drive(Some(self.waiters()), Patience::Until(deadline), || self.step(ignore_poison))
+            .drive(Some(self.waiters()), Patience::Until(deadline), || {
+                self.step(ignore_poison)
+            })
             .await?;
         Ok(taken.is_some())
     }
@@ -416,10 +420,11 @@ impl Lock {
         ignore_poison: bool,
         deadline: Option<Instant>,
     ) -> Result<bool> {
-        let taken = self
-            .inner
-            .wake
-            .drive_blocking(Some(self.waiters()), Patience::Until(deadline), || self.step(ignore_poison))?;
+        let taken = self.inner.wake.drive_blocking(
+            Some(self.waiters()),
+            Patience::Until(deadline),
+            || self.step(ignore_poison),
+        )?;
         Ok(taken.is_some())
     }
 

@@ -20,8 +20,8 @@ mod wait;
 pub use barrier::Barrier;
 pub use condition::Condition;
 pub use event::Event;
-pub use lock::{Lock, LockGuard};
 pub(crate) use lock::LOCK_BYTES;
+pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
 

@@ -1,11 +1,11 @@
 //! Wake-ups through an eventfd, and watching another process for its death.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -14,9 +14,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
-use crate::sys::reactor::ReadableFd;
 use crate::shm::{SharedMemory, Words};
 use crate::sys;
+use crate::sys::reactor::ReadableFd;
 
 /// Wake-ups for one primitive, in every process that holds it.
 ///
@@ -103,7 +103,9 @@ impl Notifier {
     }
 
     /// [`wake_fd`](Self::wake_fd) for a primitive's `Serialize`.
-    pub(crate) fn wake_fd_for_message<E: serde::ser::Error>(&self) -> std::result::Result<PassFd, E> {
+    pub(crate) fn wake_fd_for_message<E: serde::ser::Error>(
+        &self,
+    ) -> std::result::Result<PassFd, E> {
         self.wake_fd().map_err(E::custom)
     }
 
@@ -345,7 +347,7 @@ pub(crate) fn watch_owner(token: u64) -> Result<Option<OwnerWatch>> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Ok(Some(OwnerWatch(Arc::new(Watch::Plain(pidfd)))));
     }
-    let afd = sys::reactor::register(pidfd, Interest::READABLE)
-        .map_err(|(_, err)| Error::Io(err))?;
+    let afd =
+        sys::reactor::register(pidfd, Interest::READABLE).map_err(|(_, err)| Error::Io(err))?;
     Ok(Some(OwnerWatch(Arc::new(Watch::Registered(afd)))))
 }

@@ -218,9 +218,7 @@ impl RLock {
         if let Some(again) = self.reenter() {
             return Ok(Some(again));
         }
-        let taken = self
-            .lock
-            .acquire_blocking(false, deadline_after(timeout))?;
+        let taken = self.lock.acquire_blocking(false, deadline_after(timeout))?;
         Ok(taken.then(|| self.entered()))
     }
 }

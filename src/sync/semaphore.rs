@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, waited_forever, watch_owner};
+use super::{
+    NOTIFIER_BYTES, Notifier, Patience, Step, deadline_after, token, waited_forever, watch_owner,
+};
 use crate::error::{Error, Result};
 use crate::ipc::PassFd;
 use crate::shm::SharedMemory;
@@ -403,7 +405,9 @@ impl Semaphore {
     ) -> Result<Option<SemaphorePermit<'_>>> {
         self.inner
             .wake
-            .drive(Some(self.word(WAITERS)), Patience::Until(deadline), || self.step())
+            .drive(Some(self.word(WAITERS)), Patience::Until(deadline), || {
+                self.step()
+            })
             .await
     }
 
@@ -440,7 +444,9 @@ impl Semaphore {
     ) -> Result<Option<SemaphorePermit<'_>>> {
         self.inner
             .wake
-            .drive_blocking(Some(self.word(WAITERS)), Patience::Until(deadline), || self.step())
+            .drive_blocking(Some(self.word(WAITERS)), Patience::Until(deadline), || {
+                self.step()
+            })
     }
 
     /// Increments the value, waking a waiter: Python's `release()`. Any process may

@@ -213,7 +213,11 @@ fn wait_blocking(wait: Wait<'_>, deadline: Option<Instant>) -> Result<()> {
 }
 
 /// Blocks in `poll(2)` until `fd` is readable (or writable), or `also` is readable.
-fn poll_until_ready(fd: BorrowedFd<'_>, writable: bool, also: Option<BorrowedFd<'_>>) -> Result<()> {
+fn poll_until_ready(
+    fd: BorrowedFd<'_>,
+    writable: bool,
+    also: Option<BorrowedFd<'_>>,
+) -> Result<()> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let events = match writable {
         true => PollFlags::POLLOUT,
@@ -262,8 +266,8 @@ impl RoomWatch {
             )));
         }
         let dup = sys::dup_cloexec(self.fd(), 3)?;
-        let reg = sys::reactor::register(dup, Interest::WRITABLE)
-            .map_err(|(_, err)| Error::Io(err))?;
+        let reg =
+            sys::reactor::register(dup, Interest::WRITABLE).map_err(|(_, err)| Error::Io(err))?;
         // Two tasks racing here both register; the loser's duplicate is dropped.
         Ok(self.registration.get_or_init(|| reg))
     }

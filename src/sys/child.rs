@@ -85,7 +85,11 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatu
 /// reaped it) counts as reaped. For a child that has been killed or is about to exit:
 /// it blocks the calling thread until then.
 pub(crate) fn reap_pidfd_blocking(pidfd: BorrowedFd<'_>) -> io::Result<()> {
-    match waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, libc::WEXITED) {
+    match waitid(
+        libc::P_PIDFD,
+        pidfd.as_raw_fd() as libc::id_t,
+        libc::WEXITED,
+    ) {
         Err(err) if err.raw_os_error() != Some(libc::ECHILD) => Err(err),
         _ => Ok(()),
     }
@@ -128,7 +132,12 @@ pub(crate) fn always_readable() -> BorrowedFd<'static> {
 /// it (`WNOWAIT`); fails with `ECHILD` if it is not our child (or was reaped already).
 pub(crate) fn waitid_pidfd_peek(pidfd: BorrowedFd<'_>) -> io::Result<()> {
     let id = pidfd.as_raw_fd() as libc::id_t;
-    waitid(libc::P_PIDFD, id, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT).map(drop)
+    waitid(
+        libc::P_PIDFD,
+        id,
+        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+    )
+    .map(drop)
 }
 
 fn status_from_siginfo(code: i32, status: i32) -> ExitStatus {

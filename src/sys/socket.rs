@@ -158,7 +158,8 @@ fn take_rights(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
             for i in 0..len / size_of::<RawFd>() {
                 // SAFETY: `i` indexes a descriptor inside the data (not necessarily
                 // aligned); each was just installed in our table and has no other owner.
-                let fd = unsafe { OwnedFd::from_raw_fd(data.cast::<RawFd>().add(i).read_unaligned()) };
+                let fd =
+                    unsafe { OwnedFd::from_raw_fd(data.cast::<RawFd>().add(i).read_unaligned()) };
                 fds.push(fd);
             }
         }

@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 
 use tokio::time::Instant;
 
-use super::{Error, EXIT_GRACE, KillReason, Link, Queued, Running, State, WorkerSlot};
+use super::{EXIT_GRACE, Error, KillReason, Link, Queued, Running, State, WorkerSlot};
 use crate::pool::protocol::Hello;
 
 impl<L: Link> State<L> {
@@ -24,9 +24,9 @@ impl<L: Link> State<L> {
             Some((_, last)) => Some(format!(
                 "no pool worker could be started for {limit:?} (last attempt failed {last})"
             )),
-            None if self.rules.joinable && self.starting == 0 => Some(format!(
-                "no pool worker was alive or joined for {limit:?}"
-            )),
+            None if self.rules.joinable && self.starting == 0 => {
+                Some(format!("no pool worker was alive or joined for {limit:?}"))
+            }
             None => None,
         }
     }
@@ -80,7 +80,12 @@ impl<L: Link> State<L> {
 
     /// Starting a worker failed with `error`. A replacement the pool still needs stays
     /// counted as missing and is to be tried again (true); anything else is given up.
-    pub(crate) fn start_failed(&mut self, replacement: bool, message: String, now: Instant) -> bool {
+    pub(crate) fn start_failed(
+        &mut self,
+        replacement: bool,
+        message: String,
+        now: Instant,
+    ) -> bool {
         self.stats.start_failures += 1;
         let retry = replacement && self.wants_worker();
         if retry {
@@ -283,8 +288,7 @@ impl<L: Link> State<L> {
                 continue;
             }
             let deadline = if slot.ready {
-                let (Some(deadline), Some(head)) = (slot.head_deadline, slot.window.front())
-                else {
+                let (Some(deadline), Some(head)) = (slot.head_deadline, slot.window.front()) else {
                     continue;
                 };
                 if deadline <= now {

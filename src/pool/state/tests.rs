@@ -120,7 +120,9 @@ fn rules() -> Rules {
 /// A pool of `n` fake workers, all ready; returns their keys.
 fn pool(rules: Rules, n: usize, now: Instant) -> (State<Fake>, Vec<u64>) {
     let mut state = State::new(rules);
-    let keys = (0..n).map(|i| start_one(&mut state, 100 + i as u32, now)).collect();
+    let keys = (0..n)
+        .map(|i| start_one(&mut state, 100 + i as u32, now))
+        .collect();
     (state, keys)
 }
 
@@ -188,7 +190,9 @@ fn exited_with(code: i32) -> ExitStatus {
 fn dispatch_gives_each_job_to_the_least_loaded_worker() {
     let now = Instant::now();
     let (mut state, keys) = pool(rules(), 3, now);
-    let _answers: Vec<_> = (1..=7).map(|id| submit(&mut state, id, None, now)).collect();
+    let _answers: Vec<_> = (1..=7)
+        .map(|id| submit(&mut state, id, None, now))
+        .collect();
     let windows: Vec<_> = keys.iter().map(|&k| window(&state, k)).collect();
     assert_eq!(windows, [vec![1, 4], vec![2, 5], vec![3, 6]]);
     for &key in &keys {
@@ -250,7 +254,13 @@ fn an_exit_fails_exactly_the_running_task_and_requeues_the_others_in_order() {
     assert!(answered(&mut held).is_none() && answered(&mut queued).is_none());
     let stats = state.stats();
     assert_eq!(
-        (stats.workers, stats.queued, stats.failed, stats.respawned, stats.missing),
+        (
+            stats.workers,
+            stats.queued,
+            stats.failed,
+            stats.respawned,
+            stats.missing
+        ),
         (0, 2, 1, 1, 1),
         "{stats:?}"
     );
@@ -282,7 +292,10 @@ fn a_timeout_kills_the_worker_and_fails_only_its_task() {
     let mut slow = submit(&mut state, 1, Some(limit), now);
     let mut next = submit(&mut state, 2, None, now);
 
-    assert_eq!(state.enforce_deadlines(now + Duration::from_secs(1)), Some(now + limit));
+    assert_eq!(
+        state.enforce_deadlines(now + Duration::from_secs(1)),
+        Some(now + limit)
+    );
     assert_eq!(slot(&state, keys[0]).link.kills, 0);
 
     state.enforce_deadlines(now + limit);
@@ -294,7 +307,11 @@ fn a_timeout_kills_the_worker_and_fails_only_its_task() {
     assert!(matches!(answered(&mut slow), Some(Err(Error::Timeout { after })) if after == limit));
     assert!(answered(&mut next).is_none());
     let stats = state.stats();
-    assert_eq!((stats.timed_out, stats.failed, stats.queued), (1, 0, 1), "{stats:?}");
+    assert_eq!(
+        (stats.timed_out, stats.failed, stats.queued),
+        (1, 0, 1),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -333,10 +350,7 @@ fn an_idle_worker_takes_back_a_task_a_busy_worker_has_not_started() {
     assert_eq!(window(&state, idle), [2]);
     assert_eq!(slot(&state, idle).link.sent, [2]);
     // The busy worker finds job 2 taken back and skips it: it never runs twice.
-    let taken = Claim {
-        cell: 1,
-        ticket: 2,
-    };
+    let taken = Claim { cell: 1, ticket: 2 };
     assert!(!slot_mut(&mut state, busy).link.start(taken));
 }
 
@@ -367,8 +381,15 @@ fn a_replacement_that_cannot_start_is_missing_and_retried_while_the_pool_lives()
     assert!(state.start_failed(true, why.into(), now));
     assert!(state.start_failed(true, why.into(), now));
     let stats = state.stats();
-    assert_eq!((stats.workers, stats.missing, stats.start_failures), (0, 1, 2));
-    assert!(state.starving().is_some_and(|starving| starving.contains(why)));
+    assert_eq!(
+        (stats.workers, stats.missing, stats.start_failures),
+        (0, 1, 2)
+    );
+    assert!(
+        state
+            .starving()
+            .is_some_and(|starving| starving.contains(why))
+    );
     assert!(state.retry_wanted());
 
     // Once the pool is terminated, the replacement is given up.
@@ -405,7 +426,10 @@ fn queued_tasks_wait_for_a_replacement_then_fail_naming_the_last_start_failure()
     state.enforce_deadlines(now + limit);
     match answered(&mut waiting) {
         Some(Err(Error::Bootstrap(message))) => {
-            assert!(message.contains("no pool worker could be started"), "{message}");
+            assert!(
+                message.contains("no pool worker could be started"),
+                "{message}"
+            );
             assert!(message.contains(why), "{message}");
         }
         other => panic!("{other:?}"),
@@ -438,7 +462,9 @@ fn a_worker_that_dies_before_any_was_ready_fails_the_pool() {
     let key = state.started(7, Fake::new(), now);
     let mut waiting = submit(&mut state, 1, None, now);
     assert!(!state.on_exit(key, exited_with(101)));
-    assert!(matches!(answered(&mut waiting), Some(Err(Error::Bootstrap(m))) if m.contains("start-up")));
+    assert!(
+        matches!(answered(&mut waiting), Some(Err(Error::Bootstrap(m))) if m.contains("start-up"))
+    );
     assert!(matches!(
         state.enqueue(job(2), None, None, now),
         Err(Error::Bootstrap(_))
@@ -456,7 +482,12 @@ fn a_worker_not_ready_in_time_is_killed() {
     state.enforce_deadlines(now + limit);
     assert_eq!(slot(&state, key).killed, Some(KillReason::Startup));
     state.on_exit(key, killed_by(libc::SIGKILL));
-    assert!(state.init_error.as_deref().is_some_and(|e| e.contains("not ready")));
+    assert!(
+        state
+            .init_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not ready"))
+    );
 }
 
 #[test]
@@ -504,13 +535,19 @@ fn terminate_fails_queued_tasks_now_and_running_ones_at_their_exit() {
     let mut held = submit(&mut state, 2, None, now);
     let mut queued = submit(&mut state, 3, None, now);
     state.terminate();
-    assert!(matches!(answered(&mut queued), Some(Err(Error::PoolClosed))));
+    assert!(matches!(
+        answered(&mut queued),
+        Some(Err(Error::PoolClosed))
+    ));
     assert!(answered(&mut running).is_none());
     let worker = slot(&state, keys[0]);
     assert!(worker.link.hung_up && worker.link.kills == 1);
 
     assert!(!state.on_exit(keys[0], killed_by(libc::SIGKILL)));
-    assert!(matches!(answered(&mut running), Some(Err(Error::PoolClosed))));
+    assert!(matches!(
+        answered(&mut running),
+        Some(Err(Error::PoolClosed))
+    ));
     assert!(matches!(answered(&mut held), Some(Err(Error::PoolClosed))));
     assert!(state.all_gone());
 }
@@ -560,7 +597,11 @@ fn a_worker_retires_after_its_last_task() {
     assert!(slot(&state, keys[0]).link.hung_up);
     assert!(state.on_exit(keys[0], exited_with(0)));
     let stats = state.stats();
-    assert_eq!((stats.recycled, stats.respawned, stats.queued), (1, 0, 1), "{stats:?}");
+    assert_eq!(
+        (stats.recycled, stats.respawned, stats.queued),
+        (1, 0, 1),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -683,6 +724,9 @@ fn descriptors_bound_for_a_stream_worker_fail_the_task_only() {
     let mut refused = state.enqueue(with_fd, None, None, now).unwrap();
     let _plain = submit(&mut state, 2, None, now);
     state.dispatch(now);
-    assert!(matches!(answered(&mut refused), Some(Err(Error::Encode(_)))));
+    assert!(matches!(
+        answered(&mut refused),
+        Some(Err(Error::Encode(_)))
+    ));
     assert_eq!(window(&state, worker), [2]);
 }
