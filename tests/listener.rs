@@ -7,6 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::Scratch;
 use multiprocess::{Address, AuthKey, Client, Connection, Error, Listener, spawn_process};
 
 /// Generous: only a hang should ever reach it.
@@ -66,24 +67,6 @@ fn tcp_address(listener: &Listener) -> SocketAddr {
     }
 }
 
-/// A scratch directory for Unix sockets, removed with its contents at the end.
-struct ScratchDir(std::path::PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("mp-listener-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn a_child_connects_back_over_tcp_and_round_trips() {
     let leaks = common::LeakCheck::start().await;
@@ -102,7 +85,7 @@ async fn a_child_connects_back_over_tcp_and_round_trips() {
 #[tokio::test]
 async fn a_child_connects_back_over_a_unix_socket_and_the_file_goes_with_the_listener() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("unix");
+    let dir = Scratch::new("listener", "unix");
     let path = dir.0.join("listener.sock");
     let key = AuthKey::random().unwrap();
     let listener = listener(Address::Unix(path.clone()), &key).await;
@@ -418,7 +401,7 @@ async fn descriptors_cross_a_unix_connection_but_not_tcp() {
     );
     drop((server, tcp));
 
-    let dir = ScratchDir::new("fds");
+    let dir = Scratch::new("listener", "fds");
     let unix = listener(Address::Unix(dir.0.join("s")), &key).await;
     let client = Client::new(unix.address().clone(), &key);
     let (accepted, connected) = tokio::join!(

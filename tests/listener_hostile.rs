@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::Scratch;
 use multiprocess::{Address, AuthKey, Client, Error, Listener, spawn_process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,25 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Generous: only a hang should ever reach it.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A scratch directory for Unix sockets, removed with its contents at the end.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("mp-lhost-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-
+impl Scratch {
     fn path(&self) -> PathBuf {
         self.0.join("socket")
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -90,7 +75,7 @@ async fn serves_a_good_client(listener: &Listener, key: &AuthKey, token: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_and_accepts_dropped_at_random_points_leave_the_listener_serving() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("cancel");
+    let dir = Scratch::new("lhost", "cancel");
     let mut rng = XorShift::seeded();
     let key = AuthKey::random().unwrap();
     for address in [Address::loopback(), Address::Unix(dir.path())] {
@@ -121,7 +106,7 @@ async fn connects_and_accepts_dropped_at_random_points_leave_the_listener_servin
 #[tokio::test]
 async fn closing_the_listener_cuts_off_pending_handshakes() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("closepending");
+    let dir = Scratch::new("lhost", "closepending");
     let key = AuthKey::from("k");
     let listener = Listener::builder()
         .address(dir.path())
@@ -333,7 +318,7 @@ fn starved_listener((path, key): (PathBuf, String)) -> Result<u64, String> {
 #[tokio::test]
 async fn a_listener_out_of_descriptors_waits_without_spinning_and_recovers() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("emfile");
+    let dir = Scratch::new("lhost", "emfile");
     let key = AuthKey::random().unwrap();
     let mut child = spawn_process(starved_listener, (dir.path(), key.to_hex())).unwrap();
     let pid = child.pid();
@@ -376,7 +361,7 @@ async fn a_listener_out_of_descriptors_waits_without_spinning_and_recovers() {
 #[tokio::test]
 async fn a_stale_unix_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("stale");
+    let dir = Scratch::new("lhost", "stale");
     let key = AuthKey::from("k");
     let path = dir.path();
     // A listener that died: its socket file stays, nobody accepts on it.
@@ -405,7 +390,7 @@ async fn a_stale_unix_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
 #[tokio::test]
 async fn a_listener_removes_its_own_socket_file_and_no_other() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("own");
+    let dir = Scratch::new("lhost", "own");
     let key = AuthKey::from("k");
     let path = dir.path();
     let old = Listener::bind(path.clone(), &key).await.unwrap();
@@ -428,7 +413,7 @@ async fn a_listener_removes_its_own_socket_file_and_no_other() {
 #[tokio::test]
 async fn a_client_gives_up_on_a_listener_that_never_answers() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("mute");
+    let dir = Scratch::new("lhost", "mute");
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let unix = std::os::unix::net::UnixListener::bind(dir.path()).unwrap();
     let addresses = [
@@ -489,7 +474,7 @@ async fn full_unix_queue(path: &Path) -> (std::os::fd::OwnedFd, Vec<tokio::net::
 #[tokio::test]
 async fn a_client_waits_for_room_in_a_full_unix_queue_only_until_its_time_limit() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("fullqueue");
+    let dir = Scratch::new("lhost", "fullqueue");
     let (listening, queued) = full_unix_queue(&dir.path()).await;
     let client = Client::new(dir.path(), "k").timeout(Duration::from_millis(300));
     let got = tokio::time::timeout(LIMIT, client.connect::<(), ()>()).await;
@@ -514,7 +499,7 @@ async fn a_client_waits_for_room_in_a_full_unix_queue_only_until_its_time_limit(
 #[tokio::test]
 async fn unusable_unix_paths_are_errors() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("badpath");
+    let dir = Scratch::new("lhost", "badpath");
     let long = dir.0.join("x".repeat(200));
     let missing = dir.0.join("no/such/dir/socket");
     for path in [PathBuf::new(), long, missing, PathBuf::from("nul\0inside")] {

@@ -5,39 +5,23 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::Scratch;
 use multiprocess::{Address, AuthKey, Client, Connection, Error, Listener, spawn_process};
 
 /// Generous: only a hang should ever reach it.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A scratch directory for Unix sockets, removed with its contents at the end.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("mp-lpy-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-
+impl Scratch {
     fn socket(&self) -> Address {
         Address::Unix(self.0.join("socket"))
     }
 }
 
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Python's `families`, as addresses to bind (each scratch directory kept alive by the
 /// caller).
-fn families(dir: &ScratchDir) -> Vec<Address> {
+fn families(dir: &Scratch) -> Vec<Address> {
     let mut all = vec![
         Address::loopback(),
         "localhost:0".parse().unwrap(),
@@ -74,7 +58,7 @@ fn say_hello((address, key): (Address, String)) -> Result<(), String> {
 #[tokio::test]
 async fn a_child_connects_to_a_listener_of_every_family() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("families");
+    let dir = Scratch::new("lpy", "families");
     let key = AuthKey::random().unwrap();
     for family in families(&dir) {
         let listener = bind(family.clone(), &key).await;
@@ -103,7 +87,7 @@ async fn a_child_connects_to_a_listener_of_every_family() {
 #[tokio::test]
 async fn the_accepted_end_can_send_first_over_every_family() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("sendfirst");
+    let dir = Scratch::new("lpy", "sendfirst");
     let key = AuthKey::from("issue16955");
     for family in families(&dir) {
         let listener = bind(family.clone(), &key).await;
@@ -125,7 +109,7 @@ async fn the_accepted_end_can_send_first_over_every_family() {
 #[tokio::test]
 async fn binding_a_bound_address_again_fails_and_the_first_listener_serves_on() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("multibind");
+    let dir = Scratch::new("lpy", "multibind");
     let key = AuthKey::from("k");
     for family in [Address::loopback(), dir.socket()] {
         let first = bind(family, &key).await;
@@ -151,7 +135,7 @@ async fn binding_a_bound_address_again_fails_and_the_first_listener_serves_on() 
 #[tokio::test]
 async fn a_closed_listener_refuses_connections_but_its_connections_live_on() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("context");
+    let dir = Scratch::new("lpy", "context");
     let key = AuthKey::from("k");
     for family in [Address::loopback(), dir.socket()] {
         let listener = bind(family, &key).await;
@@ -205,7 +189,7 @@ async fn many_children_connect_at_once_and_each_is_served() {
 #[tokio::test]
 async fn a_wrong_key_fails_the_challenge_on_both_sides_of_every_family() {
     let leaks = common::LeakCheck::start().await;
-    let dir = ScratchDir::new("challenge");
+    let dir = Scratch::new("lpy", "challenge");
     for family in families(&dir) {
         let listener = bind(family.clone(), &AuthKey::from("right")).await;
         let wrong = Client::new(listener.address().clone(), "wrong").timeout(LIMIT);

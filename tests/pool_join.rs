@@ -10,36 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use common::Scratch;
 use futures::TryStreamExt;
 use multiprocess::{AuthKey, Error, ProcessPool, StatefulPool, Worker};
 
 /// Generous: only a hang should ever reach it.
 const LIMIT: Duration = Duration::from_secs(60);
 const KEY: &str = "the pool's secret, shared through a file";
-
-/// A scratch directory (key files, a copied binary), removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("mp-join-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A process that will join `pool`: `program` (this test binary unless told), with
 /// the pool's address and, if given, a key file in its environment.
@@ -120,7 +97,7 @@ fn own_pid(_: ()) -> u32 {
 #[tokio::test]
 async fn joined_workers_run_tasks_and_exit_when_the_pool_closes() {
     let leaks = common::LeakCheck::start().await;
-    let scratch = Scratch::new("results");
+    let scratch = Scratch::new("join", "results");
     let key = scratch.file("key", format!("{KEY}\n").as_bytes());
     let (pool, address) = listening_pool(0).await;
     let joiners = [
@@ -153,7 +130,7 @@ fn write_pid_then_hang(path: String) {
 
 #[tokio::test]
 async fn a_joined_worker_killed_mid_task_fails_only_that_task() {
-    let scratch = Scratch::new("killed");
+    let scratch = Scratch::new("join", "killed");
     let key = scratch.file("key", KEY.as_bytes());
     let (pool, address) = listening_pool(0).await;
     let _first = Joiner::start(&address, Some(&key));
@@ -207,7 +184,7 @@ fn sleep_long(_: ()) {
 
 #[tokio::test]
 async fn a_timeout_cuts_a_joined_worker_which_ends_itself() {
-    let scratch = Scratch::new("timeout");
+    let scratch = Scratch::new("join", "timeout");
     let key = scratch.file("key", KEY.as_bytes());
     let (pool, address) = listening_pool(0).await;
     let joiner = Joiner::start(&address, Some(&key));
@@ -227,7 +204,7 @@ fn read_pipe(_conn: multiprocess::Connection<u8, u8>) -> u8 {
 
 #[tokio::test]
 async fn descriptors_do_not_cross_to_a_joined_worker() {
-    let scratch = Scratch::new("fds");
+    let scratch = Scratch::new("join", "fds");
     let key = scratch.file("key", KEY.as_bytes());
     let (pool, address) = listening_pool(0).await;
     let _joiner = Joiner::start(&address, Some(&key));
@@ -246,7 +223,7 @@ async fn descriptors_do_not_cross_to_a_joined_worker() {
 async fn a_wrong_key_no_key_and_garbage_are_refused_and_counted() {
     use tokio::io::AsyncWriteExt;
 
-    let scratch = Scratch::new("refused");
+    let scratch = Scratch::new("join", "refused");
     let wrong = scratch.file("wrong", b"not the key");
     let (pool, address) = listening_pool(0).await;
 
@@ -289,7 +266,7 @@ fn other_build(scratch: &Scratch) -> PathBuf {
 
 #[tokio::test]
 async fn a_worker_of_a_different_build_is_refused_naming_both_builds() {
-    let scratch = Scratch::new("build");
+    let scratch = Scratch::new("join", "build");
     let key = scratch.file("key", KEY.as_bytes());
     let program = other_build(&scratch);
     let (pool, address) = listening_pool(0).await;
@@ -305,7 +282,7 @@ async fn a_worker_of_a_different_build_is_refused_naming_both_builds() {
 
 #[tokio::test]
 async fn terminate_ends_joined_workers_running_tasks() {
-    let scratch = Scratch::new("terminate");
+    let scratch = Scratch::new("join", "terminate");
     let key = scratch.file("key", KEY.as_bytes());
     let (pool, address) = listening_pool(0).await;
     let joiner = Joiner::start(&address, Some(&key));
@@ -353,7 +330,7 @@ impl Worker for Counter {
 
 #[tokio::test]
 async fn a_stateful_pool_takes_joined_workers() {
-    let scratch = Scratch::new("stateful");
+    let scratch = Scratch::new("join", "stateful");
     let key = scratch.file("key", KEY.as_bytes());
     let pool: StatefulPool<Counter> = ProcessPool::builder()
         .workers(0)
@@ -383,7 +360,7 @@ fn run_until_exists(path: String) -> u32 {
 
 #[tokio::test]
 async fn a_task_held_by_a_busy_joined_worker_is_taken_back_for_one_that_joins_idle() {
-    let scratch = Scratch::new("take-back");
+    let scratch = Scratch::new("join", "take-back");
     let key = scratch.file("key", KEY.as_bytes());
     let (pool, address) = listening_pool(0).await;
     let busy = Joiner::start(&address, Some(&key));
@@ -415,7 +392,7 @@ async fn a_task_held_by_a_busy_joined_worker_is_taken_back_for_one_that_joins_id
 
 #[tokio::test]
 async fn a_recycled_joined_worker_is_told_to_exit_and_not_replaced() {
-    let scratch = Scratch::new("recycle");
+    let scratch = Scratch::new("join", "recycle");
     let key = scratch.file("key", KEY.as_bytes());
     let pool = ProcessPool::builder()
         .workers(0)

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use common::Scratch;
 use common::cluster::{Slurm, output_within};
 use futures::TryStreamExt;
 use multiprocess::ProcessPool;
@@ -22,15 +22,6 @@ fn where_am_i(x: u64) -> (u64, Option<String>, u32) {
         std::env::var("SLURM_JOB_ID").ok(),
         std::process::id(),
     )
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An `srun` step that ends (killed, then reaped) with the test at the latest.
@@ -54,8 +45,7 @@ fn queued_jobs(slurm: &Slurm, job: &str) -> String {
 #[tokio::test]
 async fn workers_started_by_sbatch_and_srun_join_and_leave_with_the_pool() {
     let slurm = tokio::task::spawn_blocking(Slurm::start).await.unwrap();
-    let scratch = Scratch(slurm.dir().join("pool-join"));
-    std::fs::create_dir_all(&scratch.0).unwrap();
+    let scratch = Scratch::at(slurm.dir().join("pool-join"));
     let key_file = scratch.0.join("key");
     std::fs::write(&key_file, KEY).unwrap();
 

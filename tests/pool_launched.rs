@@ -6,28 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Slurm, Sshd};
+use common::launchers::{srun_on, ssh_to};
 use futures::TryStreamExt;
-use multiprocess::{Error, Launcher, ProcessPool};
+use multiprocess::{Error, ProcessPool};
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn ssh_to(sshd: &Sshd) -> Launcher {
-    let mut launcher = Launcher::ssh(sshd.host().to_string())
-        .port(sshd.port())
-        .user(sshd.user());
-    for (key, value) in sshd.option_pairs() {
-        launcher = launcher.option(key, value);
-    }
-    launcher
-}
-
-fn srun_on(slurm: &Slurm) -> Launcher {
-    let mut launcher = Launcher::srun(Vec::<String>::new());
-    for (key, value) in slurm.env() {
-        launcher = launcher.env(key, value);
-    }
-    launcher
-}
 
 /// The task's result, whether it ran in a Slurm job, and the process that ran it.
 fn where_am_i(x: u64) -> (u64, bool, u32) {

@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::{Scratch, alive, descendants};
 use multiprocess::{Error, Launcher, Process};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -65,68 +66,6 @@ fn prints_then_returns(n: u32) -> u32 {
     }
     print!("no newline at the end");
     n
-}
-
-/// A scratch directory of this test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("mp-remote-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
-
-/// Every process below `pid`, found through `/proc`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        parents.entry(ppid).or_default().push(child);
-    }
-    let mut found = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for &c in parents.get(&p).into_iter().flatten() {
-            found.push(c);
-            todo.push(c);
-        }
-    }
-    found
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
-    })
 }
 
 fn comm(pid: u32) -> String {
@@ -205,7 +144,7 @@ async fn exit_codes_and_signals_are_the_remote_childs() {
 #[tokio::test]
 async fn timeout_then_kill_leaves_nothing_behind() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("kill");
+    let dir = Scratch::new("remote", "kill");
     let ready = dir.join("ready");
     let mut child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
     wait_for_file(&ready).await;
@@ -232,7 +171,7 @@ async fn timeout_then_kill_leaves_nothing_behind() {
 #[tokio::test]
 async fn terminate_reaches_the_remote_child() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("term");
+    let dir = Scratch::new("remote", "term");
     let ready = dir.join("ready");
     let mut child = builder().spawn(exits_42_on_term, ready.clone()).unwrap();
     wait_for_file(&ready).await;
@@ -255,7 +194,7 @@ async fn terminate_reaches_the_remote_child() {
 #[tokio::test]
 async fn dropping_the_handle_ends_the_remote_side() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("drop");
+    let dir = Scratch::new("remote", "drop");
     let ready = dir.join("ready");
     let child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
     wait_for_file(&ready).await;
@@ -269,7 +208,7 @@ async fn dropping_the_handle_ends_the_remote_side() {
 #[tokio::test]
 async fn a_cut_connection_ends_both_sides() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("cut");
+    let dir = Scratch::new("remote", "cut");
     let ready = dir.join("ready");
     // The stream passes through two `cat`s, as it passes through a network.
     let relay = Launcher::command("sh", ["-c", "cat | \"$@\" | cat", "sh"]);
@@ -307,7 +246,7 @@ async fn a_cut_connection_ends_both_sides() {
 #[tokio::test]
 async fn a_silent_agent_is_given_up() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("silent-agent");
+    let dir = Scratch::new("remote", "silent-agent");
     let ready = dir.join("ready");
     let launcher = here().heartbeat(Duration::from_millis(250));
     let mut child = Process::builder()
@@ -342,7 +281,7 @@ async fn a_silent_agent_is_given_up() {
 #[tokio::test]
 async fn a_silent_parent_side_makes_the_agent_kill_its_child() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("silent-proxy");
+    let dir = Scratch::new("remote", "silent-proxy");
     let ready = dir.join("ready");
     let launcher = here().heartbeat(Duration::from_millis(250));
     let mut child = Process::builder()
@@ -461,7 +400,7 @@ fn other_build(dir: &Path) -> PathBuf {
 #[tokio::test]
 async fn another_build_on_the_far_side_is_refused_by_name() {
     let leaks = common::LeakCheck::start().await;
-    let dir = tmp("mismatch");
+    let dir = Scratch::new("remote", "mismatch");
     let launcher = here().executable(other_build(&dir));
     let err = Process::builder()
         .launcher(launcher)
@@ -489,7 +428,7 @@ async fn another_build_on_the_far_side_is_refused_by_name() {
 #[tokio::test]
 async fn the_executable_is_shipped_once_and_checked() {
     let leaks = common::LeakCheck::start().await;
-    let cache = tmp("ship");
+    let cache = Scratch::new("remote", "ship");
     let log = cache.join("launches");
     // Each launch leaves a line in the log.
     let script = format!(

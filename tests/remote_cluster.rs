@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cluster::{NetnsHost, Slurm, Sshd};
+use common::launchers::{srun_on, ssh_to};
+use common::{Scratch, alive};
 use multiprocess::{Error, Launcher, Process};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -56,55 +58,6 @@ fn exits_42_on_term(ready: PathBuf) {
     // SAFETY: the handler only calls `_exit`.
     unsafe { libc::signal(libc::SIGTERM, exit_42 as *const () as libc::sighandler_t) };
     ready_then_forever(ready);
-}
-
-fn ssh_to(sshd: &Sshd) -> Launcher {
-    let mut launcher = Launcher::ssh(sshd.host().to_string())
-        .port(sshd.port())
-        .user(sshd.user());
-    for (key, value) in sshd.option_pairs() {
-        launcher = launcher.option(key, value);
-    }
-    launcher
-}
-
-fn srun_on(slurm: &Slurm) -> Launcher {
-    let mut launcher = Launcher::srun(Vec::<String>::new());
-    for (key, value) in slurm.env() {
-        launcher = launcher.env(key, value);
-    }
-    launcher
-}
-
-/// A scratch directory of this test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("mp-cluster-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
-    })
 }
 
 fn comm(pid: u32) -> String {
@@ -182,7 +135,7 @@ async fn over_ssh_results_panics_and_exit_codes_come_back() {
 #[tokio::test]
 async fn over_ssh_terminate_travels_in_band_and_kill_leaves_nothing() {
     let sshd = start_sshd().await;
-    let dir = tmp("ssh-signals");
+    let dir = Scratch::new("cluster", "ssh-signals");
     let ssh = Process::builder().launcher(ssh_to(&sshd));
 
     let ready = dir.join("term");
@@ -228,7 +181,7 @@ async fn over_ssh_terminate_travels_in_band_and_kill_leaves_nothing() {
 #[tokio::test]
 async fn over_ssh_a_killed_ssh_ends_the_remote_child() {
     let sshd = start_sshd().await;
-    let dir = tmp("ssh-cut");
+    let dir = Scratch::new("cluster", "ssh-cut");
     let ready = dir.join("ready");
     let mut child = Process::builder()
         .launcher(ssh_to(&sshd))
@@ -302,7 +255,7 @@ async fn over_ssh_a_refused_login_is_a_lost_connection_naming_the_host() {
 #[tokio::test]
 async fn over_ssh_the_executable_is_shipped() {
     let sshd = start_sshd().await;
-    let cache = tmp("ssh-ship");
+    let cache = Scratch::new("cluster", "ssh-ship");
     // The daemon may or may not accept the variable: the copy lands in one of the two.
     let home_cache = PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/multiprocess");
     let dirs = |dir: &std::path::Path| -> Vec<PathBuf> {
@@ -339,7 +292,7 @@ async fn over_ssh_the_executable_is_shipped() {
 #[tokio::test]
 async fn over_srun_results_signals_and_kill() {
     let slurm = start_slurm().await;
-    let dir = tmp("srun");
+    let dir = Scratch::new("cluster", "srun");
     let srun = Process::builder().launcher(srun_on(&slurm));
     assert_eq!(
         srun.spawn(double, 21)
@@ -401,7 +354,7 @@ async fn over_a_network_that_falls_silent_both_sides_give_up() {
         8
     );
 
-    let dir = tmp("silent-network");
+    let dir = Scratch::new("cluster", "silent-network");
     let ready = dir.join("ready");
     let mut child = ssh.spawn(ready_then_forever, ready.clone()).unwrap();
     common::eventually("the remote child runs", || ready.exists()).await;

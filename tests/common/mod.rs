@@ -4,6 +4,11 @@
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod launchers;
+mod scratch;
+
+#[allow(unused_imports)]
+pub use scratch::Scratch;
 
 /// Open descriptors of this test process, counted so that other tests' runtimes do not
 /// disturb the count: tokio's epoll and eventfd descriptors are left out, and sockets
@@ -274,4 +279,43 @@ pub fn torn_frame() -> Vec<u8> {
     frame.extend([0, 0xA7, 0, 0]);
     frame.extend([1; 40]);
     frame
+}
+
+/// Every process below `pid`, found through `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        parents.entry(ppid).or_default().push(child);
+    }
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in parents.get(&p).into_iter().flatten() {
+            found.push(c);
+            todo.push(c);
+        }
+    }
+    found
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
+    })
 }
