@@ -7,7 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Scratch, alive, descendants};
+use common::running::{all_gone, exits_42_on_term, ready_then_forever, spawn_running};
+use common::{Scratch, descendants};
 use multiprocess::{Error, Launcher, Process};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -40,26 +41,6 @@ fn aborts(_: ()) {
     std::process::abort();
 }
 
-/// Creates `ready`, then waits forever.
-fn ready_then_forever(ready: PathBuf) {
-    std::fs::write(&ready, b"").unwrap();
-    loop {
-        std::thread::park();
-    }
-}
-
-extern "C" fn exit_42(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(42) };
-}
-
-/// Exits with code 42 on `SIGTERM`: proof that the signal reached this very process.
-fn exits_42_on_term(ready: PathBuf) {
-    // SAFETY: the handler only calls `_exit`.
-    unsafe { libc::signal(libc::SIGTERM, exit_42 as *const () as libc::sighandler_t) };
-    ready_then_forever(ready);
-}
-
 fn prints_then_returns(n: u32) -> u32 {
     for i in 0..n {
         println!("line {i} of noise on standard output \x00\x01\x7f");
@@ -73,17 +54,6 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
-}
-
-async fn wait_for_file(path: &Path) {
-    common::eventually("the remote child is running", || path.exists()).await;
-}
-
-async fn all_gone(pids: &[u32]) {
-    common::eventually("every process of the remote side has exited", || {
-        pids.iter().all(|pid| !alive(*pid))
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -146,8 +116,7 @@ async fn timeout_then_kill_leaves_nothing_behind() {
     let leaks = common::LeakCheck::start().await;
     let dir = Scratch::new("remote", "kill");
     let ready = dir.join("ready");
-    let mut child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(&builder(), ready_then_forever, &ready).await;
     let below = descendants(child.pid());
     assert!(below.len() >= 2, "an agent and its child: {below:?}");
     let waited = child.join_timeout(Duration::from_millis(100)).await;
@@ -173,16 +142,14 @@ async fn terminate_reaches_the_remote_child() {
     let leaks = common::LeakCheck::start().await;
     let dir = Scratch::new("remote", "term");
     let ready = dir.join("ready");
-    let mut child = builder().spawn(exits_42_on_term, ready.clone()).unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(&builder(), exits_42_on_term, &ready).await;
     child.terminate().unwrap();
     let err = child.join_timeout(LONG).await.unwrap_err();
     assert!(matches!(err, Error::Exited { code: 42 }), "{err:?}");
 
     // Unhandled, the signal ends the remote child, and the handle says so.
     let ready = dir.join("ready2");
-    let mut child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(&builder(), ready_then_forever, &ready).await;
     let below = descendants(child.pid());
     let status = child.shutdown(LONG).await.unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -196,8 +163,7 @@ async fn dropping_the_handle_ends_the_remote_side() {
     let leaks = common::LeakCheck::start().await;
     let dir = Scratch::new("remote", "drop");
     let ready = dir.join("ready");
-    let child = builder().spawn(ready_then_forever, ready.clone()).unwrap();
-    wait_for_file(&ready).await;
+    let child = spawn_running(&builder(), ready_then_forever, &ready).await;
     let mut below = descendants(child.pid());
     below.push(child.pid());
     drop(child);
@@ -212,11 +178,12 @@ async fn a_cut_connection_ends_both_sides() {
     let ready = dir.join("ready");
     // The stream passes through two `cat`s, as it passes through a network.
     let relay = Launcher::command("sh", ["-c", "cat | \"$@\" | cat", "sh"]);
-    let mut child = Process::builder()
-        .launcher(relay)
-        .spawn(ready_then_forever, ready.clone())
-        .unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(
+        &Process::builder().launcher(relay),
+        ready_then_forever,
+        &ready,
+    )
+    .await;
     let below = descendants(child.pid());
     let cats: Vec<u32> = below
         .iter()
@@ -249,11 +216,12 @@ async fn a_silent_agent_is_given_up() {
     let dir = Scratch::new("remote", "silent-agent");
     let ready = dir.join("ready");
     let launcher = here().heartbeat(Duration::from_millis(250));
-    let mut child = Process::builder()
-        .launcher(launcher)
-        .spawn(ready_then_forever, ready.clone())
-        .unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(
+        &Process::builder().launcher(launcher),
+        ready_then_forever,
+        &ready,
+    )
+    .await;
     let below = descendants(child.pid());
     // The `env` launcher became the agent: the stand-in's only child.
     let stand_in = child.pid();
@@ -284,11 +252,12 @@ async fn a_silent_parent_side_makes_the_agent_kill_its_child() {
     let dir = Scratch::new("remote", "silent-proxy");
     let ready = dir.join("ready");
     let launcher = here().heartbeat(Duration::from_millis(250));
-    let mut child = Process::builder()
-        .launcher(launcher)
-        .spawn(ready_then_forever, ready.clone())
-        .unwrap();
-    wait_for_file(&ready).await;
+    let mut child = spawn_running(
+        &Process::builder().launcher(launcher),
+        ready_then_forever,
+        &ready,
+    )
+    .await;
     let below = descendants(child.pid());
     let proxy = nix::unistd::Pid::from_raw(child.pid() as i32);
     nix::sys::signal::kill(proxy, nix::sys::signal::Signal::SIGSTOP).unwrap();

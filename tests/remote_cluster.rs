@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::cluster::{NetnsHost, Slurm, Sshd};
 use common::launchers::{srun_on, ssh_to};
+use common::running::{all_gone, exits_42_on_term, ready_then_forever, spawn_running};
 use common::{Scratch, alive};
 use multiprocess::{Error, Launcher, Process};
 
@@ -38,26 +39,6 @@ fn prints_then_returns(n: u32) -> u32 {
         println!("line {i} of noise on standard output");
     }
     n
-}
-
-/// Creates `ready`, then waits forever.
-fn ready_then_forever(ready: PathBuf) {
-    std::fs::write(&ready, b"").unwrap();
-    loop {
-        std::thread::park();
-    }
-}
-
-extern "C" fn exit_42(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(42) };
-}
-
-/// Exits with code 42 on `SIGTERM`: proof that the signal reached this very process.
-fn exits_42_on_term(ready: PathBuf) {
-    // SAFETY: the handler only calls `_exit`.
-    unsafe { libc::signal(libc::SIGTERM, exit_42 as *const () as libc::sighandler_t) };
-    ready_then_forever(ready);
 }
 
 fn comm(pid: u32) -> String {
@@ -139,15 +120,13 @@ async fn over_ssh_terminate_travels_in_band_and_kill_leaves_nothing() {
     let ssh = Process::builder().launcher(ssh_to(&sshd));
 
     let ready = dir.join("term");
-    let mut child = ssh.spawn(exits_42_on_term, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(&ssh, exits_42_on_term, &ready).await;
     child.terminate().unwrap();
     let err = child.join_timeout(LONG).await.unwrap_err();
     assert!(matches!(err, Error::Exited { code: 42 }), "{err:?}");
 
     let ready = dir.join("kill");
-    let mut child = ssh.spawn(ready_then_forever, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(&ssh, ready_then_forever, &ready).await;
     let remote = ours_among(&sshd.pids());
     assert_eq!(remote.len(), 2, "the agent and its child: {remote:?}");
     child.kill().unwrap();
@@ -162,20 +141,13 @@ async fn over_ssh_terminate_travels_in_band_and_kill_leaves_nothing() {
         ),
         "{err:?}"
     );
-    common::eventually("nothing left on the far side", || {
-        remote.iter().all(|p| !alive(*p))
-    })
-    .await;
+    all_gone(&remote).await;
 
     let ready = dir.join("drop");
-    let child = ssh.spawn(ready_then_forever, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let child = spawn_running(&ssh, ready_then_forever, &ready).await;
     let remote = ours_among(&sshd.pids());
     drop(child);
-    common::eventually("nothing left on the far side", || {
-        remote.iter().all(|p| !alive(*p))
-    })
-    .await;
+    all_gone(&remote).await;
 }
 
 #[tokio::test]
@@ -183,11 +155,12 @@ async fn over_ssh_a_killed_ssh_ends_the_remote_child() {
     let sshd = start_sshd().await;
     let dir = Scratch::new("cluster", "ssh-cut");
     let ready = dir.join("ready");
-    let mut child = Process::builder()
-        .launcher(ssh_to(&sshd))
-        .spawn(ready_then_forever, ready.clone())
-        .unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(
+        &Process::builder().launcher(ssh_to(&sshd)),
+        ready_then_forever,
+        &ready,
+    )
+    .await;
     let remote = ours_among(&sshd.pids());
     assert_eq!(remote.len(), 2, "{remote:?}");
     // The launcher is a child of the handle's local stand-in.
@@ -216,10 +189,7 @@ async fn over_ssh_a_killed_ssh_ends_the_remote_child() {
         }
         other => panic!("{other:?}"),
     }
-    common::eventually("nothing left on the far side", || {
-        remote.iter().all(|p| !alive(*p))
-    })
-    .await;
+    all_gone(&remote).await;
 }
 
 #[tokio::test]
@@ -314,15 +284,13 @@ async fn over_srun_results_signals_and_kill() {
     );
 
     let ready = dir.join("term");
-    let mut child = srun.spawn(exits_42_on_term, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(&srun, exits_42_on_term, &ready).await;
     child.terminate().unwrap();
     let err = child.join_timeout(LONG).await.unwrap_err();
     assert!(matches!(err, Error::Exited { code: 42 }), "{err:?}");
 
     let ready = dir.join("kill");
-    let mut child = srun.spawn(ready_then_forever, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(&srun, ready_then_forever, &ready).await;
     let remote = ours_among(&slurm.pids());
     assert_eq!(remote.len(), 2, "the agent and its child: {remote:?}");
     child.kill().unwrap();
@@ -356,8 +324,7 @@ async fn over_a_network_that_falls_silent_both_sides_give_up() {
 
     let dir = Scratch::new("cluster", "silent-network");
     let ready = dir.join("ready");
-    let mut child = ssh.spawn(ready_then_forever, ready.clone()).unwrap();
-    common::eventually("the remote child runs", || ready.exists()).await;
+    let mut child = spawn_running(&ssh, ready_then_forever, &ready).await;
     let remote = ours_among(&host.sshd().pids());
     assert_eq!(remote.len(), 2, "the agent and its child: {remote:?}");
     // The other host's link goes down: no byte and no reset either way from now on.
@@ -376,10 +343,7 @@ async fn over_a_network_that_falls_silent_both_sides_give_up() {
         other => panic!("{other:?}"),
     }
     // On the far side, the agent heard nothing either: it killed the child and left.
-    common::eventually("nothing left on the far side", || {
-        remote.iter().all(|p| !alive(*p))
-    })
-    .await;
+    all_gone(&remote).await;
 }
 
 #[tokio::test]

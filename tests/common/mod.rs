@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod launchers;
+pub mod running;
 mod scratch;
 
 #[allow(unused_imports)]
